@@ -161,6 +161,10 @@ class HGQTensor:
     def shape(self):
         return self.codes.shape
 
+    def select_rows(self, rows):
+        """Return the tensor of the rows ``rows`` (a slice or index array)."""
+        return HGQTensor(self.codes[rows], self.scales[rows], self.shifts[rows], self.config)
+
     def element_scales(self):
         """Return the scale of every element, ``S * 2**-s``, as float64 (exact)."""
         cfg = self.config

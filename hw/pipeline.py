@@ -1,6 +1,6 @@
 """Handshake and counter helpers shared by the pipeline stages."""
 
-from amaranth import Signal, unsigned
+from amaranth import Signal
 
 __all__ = ["registered_output", "group_counter"]
 

@@ -52,11 +52,12 @@ def build_rmc(config, simulator, build_root=None, *, waves=None):
 
 
 def simulate_rmc(config, xq, wq, simulator, *, case="run", build_root=None, valid_probability=1.0,
-                 ready_probability=1.0, seed=0, progress=False, waves=None):
+                 ready_probability=1.0, seed=0, progress=False, quiet=False, waves=None):
     """Run ``Y = X W^T`` of two HGQ tensors through the RTL of ``config`` and check it bit for bit.
 
     Returns an :class:`RMCRun`. Under pytest, a mismatch fails the cocotb test
-    and so raises; elsewhere the mismatch count is returned.
+    and so raises; elsewhere the mismatch count is returned. ``progress``
+    shows a progress bar and ``quiet`` keeps cocotb's log to warnings.
     """
     if not isinstance(config, RMCConfig):
         raise TypeError(f"config must be an RMCConfig, not {type(config).__name__}")
@@ -79,7 +80,7 @@ def simulate_rmc(config, xq, wq, simulator, *, case="run", build_root=None, vali
         "SEVEDO_STIMULUS": stimulus_path,
         "SEVEDO_RESULTS": results_path,
         "SEVEDO_PROGRESS": int(progress),
-    }, waves=waves)
+    }, waves=waves, quiet=quiet)
     wall = time.perf_counter() - start
     if not results_path.exists():
         raise RuntimeError(f"the simulation wrote no results; see the log in {test_dir}")

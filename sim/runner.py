@@ -13,7 +13,8 @@ from pathlib import Path
 
 from cocotb_tools.runner import get_results, get_runner
 
-__all__ = ["SIMULATORS", "default_build_root", "check_simulator", "build_design", "run_testbench"]
+__all__ = ["SIMULATORS", "default_build_root", "check_simulator", "untriggered_always_blocks",
+           "build_design", "run_testbench"]
 
 SIMULATORS = ("icarus", "verilator")
 
@@ -56,13 +57,38 @@ def check_simulator(simulator):
             os.environ["MAKEFLAGS"] = f"{flags} {PCH_INCLUDE_FLAG}".strip()
 
 
+def untriggered_always_blocks(verilog_text):
+    """Return the first statement of every ``always @*`` block that lacks Yosys's time-zero trigger.
+
+    Yosys's Verilog backend starts most combinational blocks with a read of a
+    register that changes at time zero, so that every simulator runs them
+    once. A block without it runs in Icarus only when an input changes, and
+    its outputs stay X while the inputs are constant.
+    """
+    lines = verilog_text.splitlines()
+    return [lines[index + 1].strip() for index, line in enumerate(lines[:-1])
+            if line.strip().startswith("always @*") and "dump_module" not in lines[index + 1]]
+
+
 def build_design(verilog_text, toplevel, simulator, build_dir, *, waves=None):
     """Write ``verilog_text`` into ``build_dir`` and compile it for ``simulator``.
 
     The build is skipped when the Verilog file is unchanged since the last
     successful build in that directory.
+
+    Raises
+    ------
+    RuntimeError
+        For Icarus, if the Verilog has combinational blocks that Icarus would
+        leave undefined (see :func:`untriggered_always_blocks`).
     """
     check_simulator(simulator)
+    if simulator == "icarus":
+        untriggered = untriggered_always_blocks(verilog_text)
+        if untriggered:
+            raise RuntimeError(
+                f"{toplevel}: {len(untriggered)} always @* blocks lack a time-zero trigger and would stay X "
+                f"in Icarus, first: {untriggered[0]!r}; assign that signal in the same If chain as its neighbours")
     waves = _waves(waves)
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -88,12 +114,15 @@ def build_design(verilog_text, toplevel, simulator, build_dir, *, waves=None):
     return build_dir
 
 
-def run_testbench(test_module, toplevel, simulator, build_dir, test_dir, extra_env, *, waves=None):
+def run_testbench(test_module, toplevel, simulator, build_dir, test_dir, extra_env, *, waves=None, quiet=False):
     """Run the cocotb ``test_module`` on a built design; return (tests, failures).
 
     Under pytest, cocotb's runner itself raises when a cocotb test fails.
+    With ``quiet``, cocotb logs only warnings and errors.
     """
     check_simulator(simulator)
+    if quiet:
+        extra_env = {"COCOTB_LOG_LEVEL": "WARNING", "GPI_LOG_LEVEL": "WARNING", **extra_env}
     test_dir = Path(test_dir)
     test_dir.mkdir(parents=True, exist_ok=True)
     runner = get_runner(simulator)

@@ -7,7 +7,7 @@ import pytest
 import softfloatpy as sf
 from hypothesis import given, settings, strategies as st
 
-from golden.formats import FP16, FP32
+from golden.formats import FP32
 from golden.hgq import HGQConfig, HGQTensor, quantize_hgq
 from golden.residual import (accumulator_ranges, accumulator_widths, align_and_accumulate,
                              fine_partial_sums, residual_matmul)

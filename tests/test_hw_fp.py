@@ -8,21 +8,19 @@ RTL must give exactly ``FP32_CANONICAL_NAN``.
 """
 
 import functools
-import gc
 import random
-import re
-import warnings
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import softfloatpy as sf
 from amaranth.back import verilog
-from amaranth.hdl import UnusedElaboratable
 from amaranth.sim import Simulator
 
 from golden.formats import FP16, FP32, FP32_CANONICAL_NAN
 from hw.fp import FP16ProductToFP32, FP32Adder, FP32Multiplier, IntToFP32, NormalizeRoundPack
+
+from .helpers import assert_constructor_raises
 
 FRACTION_MASK = (1 << FP32.frac_bits) - 1
 SIGN_BIT = 1 << (FP32.width - 1)
@@ -530,17 +528,6 @@ def test_vector_classes_reach_edge_results():
         assert subnormal >= 100, f"only {subnormal} {name} are subnormal"
         assert infinite >= 100, f"only {infinite} {name} are infinite"
     assert FP32_EDGES["+min normal"] in products, "no product rounds up to the smallest normal"
-
-
-def assert_constructor_raises(factory, arguments, error, message):
-    # A component whose constructor raises is never elaborated, and Amaranth
-    # warns about that when the object is garbage collected. Collect it here,
-    # under a filter, so that the warning does not appear in a later test.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        with pytest.raises(error, match=f"^{re.escape(message)}$"):
-            factory(*arguments)
-        gc.collect()
 
 
 @pytest.mark.parametrize("width, error, message", [

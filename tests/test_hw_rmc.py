@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from golden.formats import FP32
+from golden.formats import FP16, FP32
 from golden.hgq import HGQConfig, HGQTensor, quantize_hgq
-from golden.residual import align_and_accumulate, fine_partial_sums
+from golden.residual import align_and_accumulate, coarse_scale_accumulate, fine_partial_sums, scale_products
+from hw.coarse_scaler import CoarseScaler
 from hw.config import RMCConfig
 from hw.pe_array import PEArray
 from hw.rmc import ResidualMatrixCore
@@ -16,6 +17,8 @@ from hw.shift_scaler import ShiftScaler
 from sim.packing import unpack
 from sim.packing import pack
 from sim.stimulus import make_rmc_stimulus, pad_rows
+
+from .helpers import assert_constructor_raises
 
 SMALL = RMCConfig(rows=4, lanes=8, quant=HGQConfig(64, 16, 2))
 
@@ -88,8 +91,7 @@ def test_config_invalid(kwargs, message):
 
 
 def test_core_rejects_other_config():
-    with pytest.raises(TypeError, match=re.escape("config must be an RMCConfig, not HGQConfig") + "$"):
-        ResidualMatrixCore(HGQConfig())
+    assert_constructor_raises(ResidualMatrixCore, [HGQConfig()], TypeError, "config must be an RMCConfig, not HGQConfig")
 
 
 def test_pe_array_partial_sums(small_case):
@@ -158,3 +160,31 @@ def test_core_worst_case_sums():
     y = FP32.from_bits(unpack(cfg.output_layout(), as_rows(cfg.output_layout(), got))["y"])
     # Each coarse sum is 64 * 128 * 2**6, scaled by 2**-6: 8192 per coarse group.
     assert np.all(y == 2 * 8192.0)
+
+
+def test_coarse_scaler_matches_golden():
+    """Coarse sums at the width limits and FP16 scale extremes, scaled and accumulated in FP32."""
+    cfg = RMCConfig(rows=4, lanes=16)
+    rng = np.random.default_rng(9)
+    limit = 1 << (cfg.widths.coarse_sum - 1)
+    tokens, groups = 5, 3
+    acc = rng.integers(-limit, limit, (tokens, 4, groups))
+    acc[0, 0] = limit - 1
+    acc[0, 1] = -limit
+    acc[1, 2] = 0
+    extremes = np.array([65504, 2.0 ** -24, 2.0 ** -14, 0, 1.5, 3e-3], np.float16)
+    x_scales = rng.choice(extremes, (tokens, groups))
+    w_scales = rng.choice(extremes, (4, groups))
+    expected = coarse_scale_accumulate(acc, scale_products(x_scales, w_scales, cfg.quant))
+    count = tokens * groups
+    fields = {
+        "acc": acc.transpose(0, 2, 1).reshape(count, 4),
+        "x_scale": FP16.to_bits(x_scales).reshape(count),
+        "w_scale": np.broadcast_to(FP16.to_bits(w_scales).T[None], (tokens, groups, 4)).reshape(count, 4),
+        "last": np.tile(np.arange(groups) == groups - 1, tokens),
+    }
+    packed = pack(cfg.coarse_sum_layout(), fields, count)
+    got = stream_through(CoarseScaler(cfg), [int.from_bytes(r.tobytes(), "little") for r in packed], tokens,
+                         valid_probability=0.8, ready_probability=0.6, seed=4)
+    y = unpack(cfg.output_layout(), as_rows(cfg.output_layout(), got))["y"]
+    assert np.array_equal(y, FP32.to_bits(expected))
