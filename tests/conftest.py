@@ -10,7 +10,7 @@ def pytest_terminal_summary(terminalreporter):
             if report.when != "call" or "test_cocotb.py" not in report.nodeid:
                 continue
             for simulator in SIMULATORS:
-                if f"[{simulator}-" in report.nodeid:
+                if report.nodeid.endswith(f"-{simulator}]"):
                     counts.setdefault(simulator, {"passed": 0, "failed": 0})[outcome] += 1
     if counts:
         parts = [f"{simulator}: {c['passed']} passed, {c['failed']} failed" for simulator, c in sorted(counts.items())]

@@ -80,8 +80,9 @@ def test_worst_case_fits_widths(cfg):
 @pytest.mark.parametrize("cfg", [HGQConfig(), HGQConfig(64, 16, 2), HGQConfig.conventional(16)])
 def test_matches_softfloat_reference(cfg):
     rng = np.random.default_rng(7)
-    xq = random_tensor(rng, 3, 2 * cfg.coarse_group, cfg)
-    wq = random_tensor(rng, 4, 2 * cfg.coarse_group, cfg)
+    # Three coarse groups, so that the order of the FP32 additions matters.
+    xq = random_tensor(rng, 3, 3 * cfg.coarse_group, cfg)
+    wq = random_tensor(rng, 4, 3 * cfg.coarse_group, cfg)
     y = FP32.to_bits(residual_matmul(xq, wq))
     for t in range(3):
         for n in range(4):
@@ -106,8 +107,8 @@ def test_fp16_scale_extremes_match_reference():
 @given(st.integers(0, 2**32 - 1), st.sampled_from([HGQConfig(), HGQConfig(32, 8, 3), HGQConfig.conventional(16)]))
 def test_random_matches_reference(seed, cfg):
     rng = np.random.default_rng(seed)
-    xq = random_tensor(rng, 1, cfg.coarse_group * 2, cfg, (-24, 16))
-    wq = random_tensor(rng, 2, cfg.coarse_group * 2, cfg, (-24, 16))
+    xq = random_tensor(rng, 1, cfg.coarse_group * 3, cfg, (-24, 16))
+    wq = random_tensor(rng, 2, cfg.coarse_group * 3, cfg, (-24, 16))
     y = FP32.to_bits(residual_matmul(xq, wq))
     assert y[0, 0] == reference_output(xq, wq, 0, 0)
     assert y[0, 1] == reference_output(xq, wq, 0, 1)

@@ -139,7 +139,8 @@ CORES = {
 @pytest.mark.parametrize("handshake", [(1.0, 1.0), (0.6, 0.5)], ids=["full-rate", "stalls"])
 def test_core_matches_golden(config, handshake):
     rng = np.random.default_rng(5)
-    k = 2 * config.quant.coarse_group
+    # Three coarse groups, so that the order of the FP32 additions matters.
+    k = 3 * config.quant.coarse_group
     xq = quantize_hgq(rng.standard_normal((2, k)) * np.exp(rng.standard_normal(k)), config.quant)
     wq = quantize_hgq(rng.standard_normal((5, k)), config.quant)
     stimulus = make_rmc_stimulus(config, xq, wq)
@@ -167,7 +168,7 @@ def test_coarse_scaler_matches_golden():
     cfg = RMCConfig(rows=4, lanes=16)
     rng = np.random.default_rng(9)
     limit = 1 << (cfg.widths.coarse_sum - 1)
-    tokens, groups = 5, 3
+    tokens, groups = 5, 4
     acc = rng.integers(-limit, limit, (tokens, 4, groups))
     acc[0, 0] = limit - 1
     acc[0, 1] = -limit
