@@ -22,7 +22,7 @@ class RMCConfig:
 
     The PE array has ``rows x lanes`` INT4 multipliers. Each row computes the
     dot product of one weight row (an output channel) with the activation
-    vector, ``lanes`` elements per cycle; all rows share the activations.
+    vector, ``lanes`` elements per cycle. All rows share the activations.
 
     Parameters
     ----------
@@ -82,7 +82,7 @@ class RMCConfig:
         }
 
     def beat_layout(self):
-        """Input beat: ``lanes`` activation codes and ``rows x lanes`` weight codes.
+        """Return the layout of an input beat: ``lanes`` activation codes and ``rows x lanes`` weight codes.
 
         ``x_shift``/``w_shift`` are read on the last beat of each fine group
         and ``x_scale``/``w_scale`` (FP16 encodings) on the last beat of each
@@ -97,14 +97,14 @@ class RMCConfig:
         })
 
     def fine_sum_layout(self):
-        """One fine-group partial sum per row, with its group's shifts and scales."""
+        """Return the layout of a fine-group partial sum per row, with the group's shifts and scales."""
         return data.StructLayout({
             "psum": data.ArrayLayout(signed(self.widths.partial_sum), self.rows),
             **self._group_fields(),
         })
 
     def coarse_sum_layout(self):
-        """One aligned coarse-group sum per row, with its scales."""
+        """Return the layout of an aligned coarse-group sum per row, with the group's scales."""
         fields = self._group_fields()
         return data.StructLayout({
             "acc": data.ArrayLayout(signed(self.widths.coarse_sum), self.rows),
@@ -114,12 +114,12 @@ class RMCConfig:
         })
 
     def product_layout(self):
-        """One FP32 product ``fp32(acc) * scale`` per row."""
+        """Return the layout of an FP32 product ``fp32(acc) * scale`` per row."""
         return data.StructLayout({
             "product": data.ArrayLayout(unsigned(FP32.width), self.rows),
             "last": 1,
         })
 
     def output_layout(self):
-        """One FP32 output per row (IEEE encodings)."""
+        """Return the layout of an output beat: one FP32 encoding per row."""
         return data.StructLayout({"y": data.ArrayLayout(unsigned(FP32.width), self.rows)})

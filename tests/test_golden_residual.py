@@ -71,7 +71,7 @@ def test_worst_case_fits_widths(cfg):
     assert coarse.max() == ranges[2][1] < 1 << (widths.coarse_sum - 1)
     # One bit less would overflow.
     assert ranges[2][1] >= 1 << (widths.coarse_sum - 2)
-    # The most negative sums (-8 x 7 everywhere) fit as well.
+    # The minimum sums (-8 x 7 everywhere) fit as well.
     seven = HGQTensor(np.full((1, k), 7, np.int8), worst.scales, worst.shifts, cfg)
     low = align_and_accumulate(fine_partial_sums(worst, seven), worst.shifts, worst.shifts, cfg)
     assert low.min() == ranges[2][0] >= -(1 << (widths.coarse_sum - 1))
