@@ -7,7 +7,7 @@ def pytest_terminal_summary(terminalreporter):
     counts = {}
     for outcome in ("passed", "failed"):
         for report in terminalreporter.stats.get(outcome, []):
-            if report.when != "call" or "test_cocotb.py" not in report.nodeid:
+            if report.when != "call" or "/test_cocotb" not in report.nodeid:
                 continue
             for simulator in SIMULATORS:
                 if report.nodeid.endswith(f"-{simulator}]"):
