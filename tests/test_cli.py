@@ -1,9 +1,13 @@
-"""The sevedo command line: Verilog generation, the main job and its input checks."""
+"""The sevedo command line: Verilog generation, the main job, the SVD-MP report and their input checks."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
+import golden.minilm
+import sevedo.cli
 from hw.config import RMCConfig
 from hw.rmc import generate_verilog
 from sevedo.cli import main
@@ -49,6 +53,17 @@ def test_untriggered_block_detected():
     (["run", "--text-file", "/nonexistent/text.txt"],
      "sevedo run: error: --text-file '/nonexistent/text.txt' cannot be read: No such file or directory"),
     (["run", "--rank", "500"], "sevedo run: error: rank must be at most min(N, K) = 384, not 500"),
+    (["run", "--wide-count", "-1"], "sevedo run: error: wide_count must be a non-negative integer, not -1"),
+    (["svdmp", "--rank", "0"],
+     "sevedo svdmp: error: --rank must be a positive integer, because SVD-MP needs a low-rank path, not 0"),
+    (["svdmp", "--narrow-bits", "12"],
+     "sevedo svdmp: error: narrow_bits must be an integer from 1 to wide_bits (11), not 12"),
+    (["svdmp", "--slice-bits", "0"], "sevedo svdmp: error: slice_bits must be a positive integer, not 0"),
+    (["svdmp", "--energy-fraction", "1.5"],
+     "sevedo svdmp: error: energy_fraction must be a number in (0, 1], not 1.5"),
+    (["svdmp", "--alpha", "2"], "sevedo svdmp: error: alpha must be a number in [0, 1] or None, not 2.0"),
+    (["svdmp", "--fine-group", "24"],
+     "sevedo svdmp: error: coarse_group must be a multiple of fine_group (24), not 128"),
 ])
 def test_invalid_arguments(argv, message, capsys):
     assert main(argv) == 2
@@ -61,6 +76,70 @@ def test_run_small_layer_icarus(capsys):
     summary = json.loads(lines[-1])
     assert summary["mismatches"] == 0
     assert summary["outputs"] == 2 * 1536
-    assert summary["sqnr_db"]["rtl"] == summary["sqnr_db"]["hgq + smooth + svd"]
-    assert summary["sqnr_db"]["hgq + smooth + svd"] > summary["sqnr_db"]["int4 group-64 fp16"]
+    assert summary["sqnr_db"]["rtl"] == summary["sqnr_db"]["hgq + smooth + svd-mp"]
+    assert summary["sqnr_db"]["hgq + smooth + svd-mp"] > summary["sqnr_db"]["int4 group-64 fp16"]
+    assert summary["svdmp"]["wide_components"] == 8
+    assert summary["svdmp"]["slice_ratio"] == 0.5
     assert "mismatches: 0 of 3072 residual outputs differ from the golden model" in lines
+    assert ("low-rank path: 8 of 32 components with 11-bit significands, 24 with 4-bit; "
+            "0.500 of the all-wide multiplier slices") in lines
+
+
+def test_run_wide_count_all(capsys):
+    assert main(["run", "--tokens", "1", "--wide-count", "32", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["svdmp"]["significand_bits"] == [11] * 32
+    assert summary["svdmp"]["slice_ratio"] == 1.0
+    # With every component wide, the SVD-MP scheme is the all-wide one.
+    sqnr = summary["sqnr_db"]
+    assert sqnr["rtl"] == sqnr["hgq + smooth + svd-mp"] == sqnr["hgq + smooth + svd"]
+
+
+def test_svdmp_command():
+    # A separate process, as from the shell, so that the command sets up NumPy itself.
+    result = subprocess.run([sys.executable, "-m", "sevedo", "svdmp", "--json"], capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert [row["layer"] for row in summary["layers"]] == list(golden.minilm.LINEAR_NAMES)
+    assert all(row["wide_components"] == 8 for row in summary["layers"])
+    assert summary["slice_ratio"] == 0.5
+    assert summary["mean_loss_db"] < 0.2
+    assert summary["mean_loss_db"] == pytest.approx(summary["mean_sqnr_all_wide_db"] - summary["mean_sqnr_svdmp_db"])
+    assert summary["goals_met"] is True
+    assert lines[5].split() == ["[1/36]", "layer0.query", "384", "384", "8/32", "0.500"] + lines[5].split()[6:]
+    assert lines[-4].startswith("mean SQNR: all-wide ")
+    assert lines[-3] == "goals met: slice ratio at most 0.60, mean SQNR loss below 0.2 dB"
+
+
+def test_svdmp_goals_failed(monkeypatch, capsys):
+    monkeypatch.setattr(golden.minilm, "LINEAR_NAMES", golden.minilm.LINEAR_NAMES[:2])
+    monkeypatch.setattr(sevedo.cli, "GOAL_LOSS_DB", -10.0)
+    assert main(["svdmp", "--wide-count", "20"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-3] == "goal failed: slice ratio 0.750 is above the goal 0.60"
+    assert lines[-2].startswith("goal failed: mean SQNR loss ")
+    assert lines[-2].endswith(" dB is not below the goal -10.0 dB")
+
+
+def test_svdmp_energy_policy(monkeypatch, capsys):
+    monkeypatch.setattr(golden.minilm, "LINEAR_NAMES", golden.minilm.LINEAR_NAMES[:1])
+    # All of the energy needs every component wide, which misses the slice goal.
+    assert main(["svdmp", "--energy-fraction", "1.0", "--json"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["svdmp"]["wide_count"] is None
+    assert summary["svdmp"]["energy_fraction"] == 1.0
+    assert summary["layers"][0]["wide_components"] == 32
+    assert summary["layers"][0]["difference_db"] == 0.0
+    assert summary["failed_goals"] == ["slice ratio 1.000 is above the goal 0.60"]
+    assert lines[1] == ("all-wide: every component with an 11-bit significand; SVD-MP: the fewest largest "
+                        "components that contain at least 100% of the squared singular values with 11-bit "
+                        "significands, the rest with 4-bit; 4-bit multiplier slices")
+
+
+def test_svdmp_policy_options_exclusive(capsys):
+    with pytest.raises(SystemExit):
+        main(["svdmp", "--wide-count", "4", "--energy-fraction", "0.5"])
+    assert "argument --energy-fraction: not allowed with argument --wide-count" in capsys.readouterr().err
