@@ -24,7 +24,7 @@ from golden.formats import FP16, FP32, FP32_CANONICAL_NAN, FloatFormat, signed_w
 __all__ = [
     "float_layout", "UnpackedFloat", "unpack_float", "count_leading_zeros",
     "shift_right_sticky", "NormalizeRoundPack",
-    "FP32Adder", "FP32Multiplier", "IntToFP32", "FP16ProductToFP32",
+    "FP32Adder", "FP32Multiplier", "IntToFP32", "FP16ProductToFP32", "FP32ToFP16",
 ]
 
 
@@ -576,4 +576,65 @@ class FP16ProductToFP32(wiring.Component):
                 result.fraction.eq(normalized[:product_fraction_bits]
                                    << (dst.frac_bits - product_fraction_bits)),
             ]
+        return m
+
+
+class FP32ToFP16(wiring.Component):
+    """IEEE 754 binary32 to binary16 converter, combinational.
+
+    ``y`` equals NumPy ``np.float32(a).astype(np.float16)`` bit for bit,
+    except that every NaN result is the quiet NaN ``0x7E00``. Rounding is
+    RNE with gradual underflow: results below the binary16 normal range
+    become subnormals or zeros of the input's sign, and results that round
+    to ``2**16`` or above become infinities.
+
+    The 24-bit significand goes to :class:`NormalizeRoundPack` without
+    dropping a bit, so one rounding step gives the exact RNE result.
+
+    Members
+    -------
+    a : ``In(32)``
+        Binary32 operand.
+    y : ``Out(16)``
+        Binary16 result.
+    """
+
+    source_fmt = FP32
+    result_fmt = FP16
+
+    # The binary16 quiet NaN with only the top fraction bit set.
+    CANONICAL_NAN = 0x7E00
+
+    def __init__(self):
+        super().__init__({
+            "a": In(self.source_fmt.width),
+            "y": Out(self.result_fmt.width),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        src, dst = self.source_fmt, self.result_fmt
+
+        a = unpack_float(m, src, self.a, "a")
+
+        # The value is significand * 2**(exponent - src.bias - src.frac_bits).
+        # NormalizeRoundPack reads it as significand * 2**(e - dst.bias -
+        # (len(significand) - 1)) with the same significand, so
+        # e = exponent - src.bias + dst.bias.
+        exponent_offset = dst.bias - src.bias
+        exponent_range = (1 + exponent_offset, src.exp_max - 1 + exponent_offset)
+        rounder = m.submodules.rounder = NormalizeRoundPack(
+            dst, src.significand_bits, signed_width(*exponent_range))
+        m.d.comb += [
+            rounder.significand.eq(a.significand),
+            rounder.exponent.eq(a.exponent + exponent_offset),
+            rounder.sign.eq(a.sign),
+        ]
+
+        with m.If(a.is_nan):
+            m.d.comb += self.y.eq(self.CANONICAL_NAN)
+        with m.Elif(a.is_inf):
+            _set_infinity(m, self.y, dst, a.sign)
+        with m.Else():
+            m.d.comb += self.y.eq(rounder.y)
         return m

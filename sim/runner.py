@@ -60,10 +60,12 @@ def check_simulator(simulator):
 def untriggered_always_blocks(verilog_text):
     """Return the first statement of every ``always @*`` block that lacks Yosys's time-zero trigger.
 
-    Yosys's Verilog backend starts most combinational blocks with a read of a
-    register that changes at time zero, so that every simulator runs them
-    once. A block without it runs in Icarus only when an input changes, and
-    its outputs stay X while the inputs are constant.
+    Icarus runs an ``always @*`` block only when one of its inputs changes;
+    with ``-g2012``, as cocotb builds, it also ignores the trigger that
+    Yosys adds. A block whose inputs never change after reset then keeps X.
+    Blocks without the trigger are one-line assignments of a single field,
+    the form in which that happened here, so this check rejects them. It is
+    a guard, not a proof: a triggered block with constant inputs is not found.
     """
     lines = verilog_text.splitlines()
     return [lines[index + 1].strip() for index, line in enumerate(lines[:-1])

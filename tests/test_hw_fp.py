@@ -18,7 +18,7 @@ from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from golden.formats import FP16, FP32, FP32_CANONICAL_NAN
-from hw.fp import FP16ProductToFP32, FP32Adder, FP32Multiplier, IntToFP32, NormalizeRoundPack
+from hw.fp import FP16ProductToFP32, FP32Adder, FP32Multiplier, FP32ToFP16, IntToFP32, NormalizeRoundPack
 
 from .helpers import assert_constructor_raises
 
@@ -560,3 +560,77 @@ def test_normalize_round_pack_rejects_invalid_parameters(arguments, error, messa
 def test_unit_converts_to_verilog(factory, name):
     text = verilog.convert(factory(), name=name)
     assert f"module {name}" in text
+
+
+# FP32 to FP16 conversion
+
+@functools.cache
+def fp32_to_fp16_vectors():
+    rng = np.random.default_rng(10)
+    values = list(FP32_EDGES.values())
+    values += random_encodings(rng, 2000)
+
+    # Random values from below half the smallest binary16 subnormal to above
+    # the binary16 maximum: zeros, subnormals, normals and overflow.
+    exponents = rng.integers(FP32.bias - FP16.bias - FP16.frac_bits - 3, FP32.bias + FP16.bias + 3, 3000)
+    values += random_normals(rng, 3000, exponents)
+
+    # Exact ties between two binary16 neighbors, and the binary32 numbers
+    # one ulp on either side. A normal binary16 number with fraction f and
+    # biased exponent e plus half its ulp is (2**11 + 2f + 1) * 2**(e - bias - 11).
+    for _ in range(600):
+        exponent = int(rng.integers(1, FP16.exp_max))
+        fraction = int(rng.integers(0, 1 << FP16.frac_bits))
+        sign = int(rng.integers(0, 2)) << (FP32.width - 1)
+        tie = encode_exact((1 << FP16.significand_bits) + 2 * fraction + 1,
+                           exponent - FP16.bias - FP16.significand_bits) | sign
+        values += [tie, tie - 1, tie + 1]
+    # Ties between binary16 subnormals: (2f + 1) * 2**-25.
+    fractions = [0, 1, 2, FP16_FRACTION_MASK - 1, FP16_FRACTION_MASK]
+    fractions += [int(f) for f in rng.integers(0, 1 << FP16.frac_bits, 200)]
+    for fraction in fractions:
+        tie = encode_exact(2 * fraction + 1, -FP16.bias - FP16.frac_bits)
+        values += [tie, tie - 1, tie + 1, tie ^ SIGN_BIT]
+
+    # The overflow boundary: 65504, just below and at the tie 65520 with the
+    # next power of two, which rounds to Inf.
+    for value in (65504.0, 65519.996, 65520.0, 65536.0, -65520.0, 2.0 ** -24, 2.0 ** -25, 2.0 ** -14):
+        bits = int(FP32.to_bits(np.float32(value)))
+        values += [bits, bits - 1, bits + 1]
+    return values
+
+
+def softfloat_fp32_to_fp16(values):
+    return [int.from_bytes(sf.f32_to_f16(softfloat(v)).to_bytes(), "big") for v in values]
+
+
+def numpy_fp32_to_fp16(values):
+    with np.errstate(all="ignore"):
+        return [int(x) for x in FP16.to_bits(FP32.from_bits(np.array(values, dtype=np.int64)).astype(np.float16))]
+
+
+def test_fp32_to_fp16_matches_references():
+    values = fp32_to_fp16_vectors()
+    rtl = simulate(FP32ToFP16(), ("a",), [(v,) for v in values])
+    for reference_name, reference in (("SoftFloat", softfloat_fp32_to_fp16(values)),
+                                      ("NumPy", numpy_fp32_to_fp16(values))):
+        for value, rtl_result, reference_result in zip(values, rtl, reference):
+            is_nan_result = bool(np.isnan(FP16.from_bits(reference_result)))
+            expected = FP32ToFP16.CANONICAL_NAN if is_nan_result else reference_result
+            assert rtl_result == expected, (
+                f"FP32ToFP16({value:#010x}) = {rtl_result:#06x}, but {reference_name} gives "
+                f"{reference_result:#06x} (expected {expected:#06x})")
+
+
+def test_fp32_to_fp16_vectors_reach_edge_results():
+    results = [r & 0x7FFF for r in softfloat_fp32_to_fp16(fp32_to_fp16_vectors())]
+    infinity = encode(0, FP16.exp_max, 0, FP16)
+    min_normal = encode(0, 1, 0, FP16)
+    assert sum(1 for r in results if 0 < r < min_normal) >= 200, "too few subnormal results"
+    assert sum(1 for r in results if r == infinity) >= 100, "too few infinite results"
+    assert min_normal in results, "no result rounds up to the smallest normal"
+
+
+def test_fp32_to_fp16_converts_to_verilog():
+    text = verilog.convert(FP32ToFP16(), name="fp32_to_fp16")
+    assert "module fp32_to_fp16" in text
