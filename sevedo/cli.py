@@ -122,14 +122,16 @@ def _check_layer_options(args):
 def _command_run(args):
     from golden.accuracy import SCHEMES, compare_schemes, sqnr_db
     from golden.compiler import CompilerConfig, compile_layer, run_layer
+    from golden.formats import FP16
     from golden.minilm import capture_linear_layers
     from golden.opcost import layer_op_counts, slice_ratio
-    from sim.rmc import simulate_rmc
+    from hw.hetero import CoreConfig
+    from sim.core import core_name, simulate_core
 
     _check_layer_options(args)
-    config = _core_config(args)
+    rmc = _core_config(args)
     svdmp = _svdmp_config(args)
-    compiler = CompilerConfig(rank=args.rank, alpha=_alpha(args), quant=config.quant, svdmp=svdmp)
+    compiler = CompilerConfig(rank=args.rank, alpha=_alpha(args), quant=rmc.quant, svdmp=svdmp)
     started = time.perf_counter()
 
     print(f"MiniLM forward pass on {'the default text' if args.text_file is None else args.text_file} ...", flush=True)
@@ -139,11 +141,13 @@ def _command_run(args):
         x = x[:args.tokens]
     tokens, k = x.shape
     n = weight.shape[0]
-    print(f"layer {args.layer}: T={tokens} tokens, K={k}, N={n}; core {config.name}")
+    config = CoreConfig(rmc=rmc, rank=args.rank, lvc_lanes=args.lvc_lanes, svdmp=svdmp, max_k=k, max_n=n)
+    config.check_shape(k, n)
+    print(f"layer {args.layer}: T={tokens} tokens, K={k}, N={n}; core {core_name(config)}")
 
     layer = compile_layer(weight, bias, x, compiler)
     outputs = run_layer(layer, x)
-    sqnr = compare_schemes(x, weight, config.quant, rank=args.rank, alpha=compiler.alpha, svdmp=svdmp)
+    sqnr = compare_schemes(x, weight, rmc.quant, rank=args.rank, alpha=compiler.alpha, svdmp=svdmp)
     wide = _wide_components(layer)
     if args.rank:
         ratio = slice_ratio(layer_op_counts(layer, tokens), layer_op_counts(layer, tokens, all_wide=True))
@@ -153,34 +157,38 @@ def _command_run(args):
         ratio = None
         print("low-rank path: none (rank 0)")
 
-    print(f"simulating the residual path in {args.simulator}: {tokens} x {n} outputs ...", flush=True)
-    sim = simulate_rmc(config, outputs.activations, layer.residual, args.simulator, progress=True, quiet=True)
+    print(f"simulating the whole layer in {args.simulator} (quantizer, LVC and RMC): "
+          f"{tokens} x {n} outputs ...", flush=True)
+    x_fp16 = (x / layer.smoothing).astype(FP16.dtype)
+    sim = simulate_core(config, layer, x_fp16, outputs.output, args.simulator, progress=True, quiet=True)
 
-    # The reference and every scheme leave out the bias, so the RTL row adds
-    # the golden low-rank output to the RTL residual output, as the scheme
-    # "hgq + smooth + svd-mp" adds the two golden outputs.
+    # The schemes leave out the bias; the RTL row compares the layer output,
+    # bias included, with the float64 layer output.
     reference = x.astype("float64") @ weight.astype("float64").T
-    rtl_output = outputs.lowrank + sim.y
-    rtl_sqnr = sqnr_db(reference, rtl_output)
+    rtl_sqnr = sqnr_db(reference + bias, sim.y)
     print()
     print(f"{'scheme':<34} {'SQNR (dB)':>9}")
     for scheme in SCHEMES:
         print(f"{scheme:<34} {sqnr[scheme]:9.2f}")
-    print(f"{'compiled layer, RTL residual':<34} {rtl_sqnr:9.2f}")
+    print(f"{'RTL layer output, bias included':<34} {rtl_sqnr:9.2f}")
     print()
     total = sim.y.size
-    print(f"mismatches: {sim.mismatches} of {total} residual outputs differ from the golden model")
+    print(f"mismatches: {sim.mismatches} of {total} layer outputs differ from the golden model")
     macs = tokens * n * k
-    print(f"cycles: {sim.cycles} for {macs} INT4 MACs on {config.rows * config.lanes} PEs "
-          f"({macs / (sim.cycles * config.rows * config.lanes):.1%} PE utilization)")
+    pes = rmc.rows * rmc.lanes
+    print(f"cycles: {sim.cycles} for {macs} INT4 MACs on {pes} PEs ({macs / (sim.cycles * pes):.1%} PE utilization)")
+    print(f"PE array: {sim.busy} cycles busy, {sim.stall_input} stalled on input, "
+          f"{sim.stall_output} stalled on output")
     elapsed = time.perf_counter() - started
     print(f"wall time: {sim.wall_seconds:.1f} s simulation, {elapsed:.1f} s in all")
     summary = {
-        "layer": args.layer, "tokens": tokens, "k": k, "n": n, "core": config.name,
+        "layer": args.layer, "tokens": tokens, "k": k, "n": n, "core": core_name(config),
         "simulator": args.simulator, "sqnr_db": {**sqnr, "rtl": rtl_sqnr},
         "svdmp": {"wide_components": wide, "rank": args.rank,
                   "significand_bits": layer.significand_bits.tolist(), "slice_ratio": ratio},
         "outputs": total, "mismatches": sim.mismatches, "cycles": sim.cycles,
+        "pe_utilization": macs / (sim.cycles * pes),
+        "busy_cycles": sim.busy, "stall_input_cycles": sim.stall_input, "stall_output_cycles": sim.stall_output,
         "simulation_seconds": round(sim.wall_seconds, 3), "total_seconds": round(elapsed, 3),
     }
     if args.json:
@@ -301,6 +309,8 @@ def build_parser():
                      help="RTL simulator (default verilator)")
     _add_compiler_options(run)
     _add_wide_count_option(run)
+    run.add_argument("--lvc-lanes", type=int, default=32,
+                     help="FP lanes of the low-rank vector core; N must be a multiple of it (default 32)")
     run.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     run.set_defaults(handler=_command_run)
 
