@@ -314,7 +314,8 @@ def run_layer(layer, x):
         raise ValueError(f"the low-rank intermediate h[{token}, {component}] = X' L2^T exceeds the FP16 maximum "
                          f"{FP16.max_finite:g}; scale x down")
     y_res = residual_matmul(xq, layer.residual)
-    y = y_lr + y_res
-    if layer.bias is not None:
-        y = y + layer.bias
+    # The bias add always happens, with +0 for a layer without bias, as in the
+    # hardware; it turns a sum of -0 into +0.
+    bias = layer.bias if layer.bias is not None else np.zeros(n, dtype=FP32.dtype)
+    y = (y_lr + y_res) + bias
     return LayerOutputs(lowrank=y_lr, residual=y_res, output=y, activations=xq, hidden=hidden)
