@@ -28,7 +28,7 @@ def check_summary(summary):
     assert summary["pe_utilization"] >= 0.9
 
 
-# Building the Verilator model of the full-size core takes about 7 minutes on 2 cores.
+# The full-size core takes about 2 minutes to build for Verilator and 2 to run on 2 cores.
 @pytest.mark.slow
 def test_default_layer_verilator(capsys):
     code, summary = run_json(["run"], capsys)
