@@ -3,9 +3,9 @@
 Dataflow, token by token:
 
 1. FP16 activations of a token arrive on ``x`` and go both to the online
-   HGQ quantizer, whose codes fill one bank of the code buffer, and to the
-   LVC, whose low-rank outputs ``Y_lr`` fill the same bank of the low-rank
-   output buffer.
+   HGQ quantizer and to the LVC. The quantizer's codes fill one bank of the
+   code buffer, and the LVC's outputs ``Y_lr`` fill the same bank of the
+   low-rank output buffer.
 2. When both have finished a token, the feeder streams that token's codes,
    with the residual weights from the weight memory, through the RMC: row
    tile after row tile of ``rows`` output channels, ``K / lanes`` beats each.
@@ -242,7 +242,7 @@ class HeterogeneousCore(wiring.Component):
             "scales": (unsigned(FP16.width), 2 * coarse_per_row),
         }
         if cfg.rank:
-            # One word of low-rank outputs holds the LVC's `lvc_lanes` results, `lvc_lanes / rows` row tiles.
+            # One word of low-rank outputs contains the LVC's `lvc_lanes` results, `lvc_lanes / rows` row tiles.
             bank_memories["lowrank"] = (data.ArrayLayout(data.ArrayLayout(FP32.width, rows), cfg.lvc_lanes // rows),
                                         2 * cfg.max_n // cfg.lvc_lanes)
         banks = _Memories(m, "bank", bank_memories)

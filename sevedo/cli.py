@@ -141,11 +141,12 @@ def _command_run(args):
         x = x[:args.tokens]
     tokens, k = x.shape
     n = weight.shape[0]
+    # The compiler checks the layer first, so that its messages name the layer's N and K.
+    layer = compile_layer(weight, bias, x, compiler)
     config = CoreConfig(rmc=rmc, rank=args.rank, lvc_lanes=args.lvc_lanes, svdmp=svdmp, max_k=k, max_n=n)
     config.check_shape(k, n)
     print(f"layer {args.layer}: T={tokens} tokens, K={k}, N={n}; core {core_name(config)}")
 
-    layer = compile_layer(weight, bias, x, compiler)
     outputs = run_layer(layer, x)
     sqnr = compare_schemes(x, weight, rmc.quant, rank=args.rank, alpha=compiler.alpha, svdmp=svdmp)
     wide = _wide_components(layer)

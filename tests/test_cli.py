@@ -52,6 +52,7 @@ def test_untriggered_block_detected():
     (["run", "--tokens", "0"], "sevedo run: error: --tokens must be a positive integer, not 0"),
     (["run", "--text-file", "/nonexistent/text.txt"],
      "sevedo run: error: --text-file '/nonexistent/text.txt' cannot be read: No such file or directory"),
+    (["run", "--lvc-lanes", "12"], "sevedo run: error: lvc_lanes must be a multiple of rows (8), not 12"),
     (["run", "--rank", "500"], "sevedo run: error: rank must be at most min(N, K) = 384, not 500"),
     (["run", "--wide-count", "-1"], "sevedo run: error: wide_count must be a non-negative integer, not -1"),
     (["svdmp", "--rank", "0"],

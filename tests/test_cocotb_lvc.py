@@ -16,12 +16,12 @@ from sim.runner import SIMULATORS
 
 CONFIG = LVCConfig(lanes=4, max_rank=12, max_k=384, max_n=24)
 
-# (case, valid probability, ready probability). The all-wide and all-narrow
-# cases run in the Amaranth simulator only (tests/test_hw_lvc.py), to keep
-# the simulator start-ups few.
+# (case, valid probability, ready probability).
 LVC_RUNS = [
     ("minilm", 1.0, 1.0),
     ("random", 0.7, 0.6),
+    ("all_wide", 1.0, 1.0),
+    ("all_narrow", 0.8, 0.8),
     ("zero_component", 1.0, 0.5),
     ("range_limits", 0.6, 0.8),
     ("rank_zero", 1.0, 1.0),
