@@ -263,10 +263,10 @@ class HeterogeneousCore(wiring.Component):
             quantizer.i.valid.eq(self.x.valid & can_take & lvc_ready),
             self.x.ready.eq(can_take & quantizer.i.ready & lvc_ready),
         ]
-        taken = Signal()
-        m.d.comb += taken.eq(self.x.valid & self.x.ready)
+        x_transfer = Signal()
+        m.d.comb += x_transfer.eq(self.x.valid & self.x.ready)
         claim = Signal(2)
-        with m.If(taken):
+        with m.If(x_transfer):
             m.d.sync += in_token.eq(~self.x.payload.last)
             m.d.comb += claim.eq(1 << in_bank)
             with m.If(self.x.payload.last):
@@ -292,7 +292,7 @@ class HeterogeneousCore(wiring.Component):
             lowrank_finished = claim
             m.d.comb += lvc_ready.eq(1)
         else:
-            lowrank_finished = self._connect_lvc(m, banks, taken, lvc_ready)
+            lowrank_finished = self._connect_lvc(m, banks, x_transfer, lvc_ready)
 
         # Feeder: the ready bank's codes and the weights of each row tile, one RMC beat per cycle.
         feed_bank = Signal()
@@ -408,10 +408,10 @@ class HeterogeneousCore(wiring.Component):
             m.d.sync += self.counters.stall_input.eq(self.counters.stall_input + 1)
         return m
 
-    def _connect_lvc(self, m, banks, taken, lvc_ready):
+    def _connect_lvc(self, m, banks, x_transfer, lvc_ready):
         """Feed the LVC from the activation input and write its outputs into the low-rank bank.
 
-        The LVC takes one FP16 activation per beat, so a serializer holds one
+        The LVC takes one FP16 activation per beat, so a serializer keeps one
         activation beat and hands out its ``lanes`` values in turn. Returns the
         pulses that mark a bank's low-rank outputs complete.
         """
@@ -425,20 +425,20 @@ class HeterogeneousCore(wiring.Component):
             lvc.n.eq(self.shape.n_tiles * cfg.rmc.rows),
         ]
 
-        held = Signal(data.ArrayLayout(FP16.width, lanes))
-        held_valid = Signal()
-        held_index = Signal(range(lanes))
+        serial_beat = Signal(data.ArrayLayout(FP16.width, lanes))
+        serial_valid = Signal()
+        serial_index = Signal(range(lanes))
         m.d.comb += [
-            lvc_ready.eq(~held_valid),
-            lvc.i.valid.eq(held_valid),
-            lvc.i.payload.eq(held[held_index]),
+            lvc_ready.eq(~serial_valid),
+            lvc.i.valid.eq(serial_valid),
+            lvc.i.payload.eq(serial_beat[serial_index]),
         ]
         with m.If(lvc.i.valid & lvc.i.ready):
-            m.d.sync += held_index.eq(held_index + 1)
-            with m.If(held_index == lanes - 1):
-                m.d.sync += [held_valid.eq(0), held_index.eq(0)]
-        with m.If(taken):
-            m.d.sync += [held.eq(self.x.payload.x), held_valid.eq(1), held_index.eq(0)]
+            m.d.sync += serial_index.eq(serial_index + 1)
+            with m.If(serial_index == lanes - 1):
+                m.d.sync += [serial_valid.eq(0), serial_index.eq(0)]
+        with m.If(x_transfer):
+            m.d.sync += [serial_beat.eq(self.x.payload.x), serial_valid.eq(1), serial_index.eq(0)]
 
         words_per_bank = cfg.max_n // cfg.lvc_lanes
         words_per_token = self.shape.n_tiles * cfg.rmc.rows // cfg.lvc_lanes

@@ -554,7 +554,7 @@ class LowRankVectorCore(wiring.Component):
     (:func:`golden.lowrank.round_significand`), and a width that is too
     small drops weight bits. Values for components at or above ``rank`` are
     never used. The lanes of the last output tile above ``n`` compute with
-    whatever ``L1`` holds there. ``load`` is always ready, and a write while
+    whatever ``L1`` contains there. ``load`` is always ready, and a write while
     a token is in the core changes that token's result.
 
     Parameters

@@ -26,7 +26,7 @@ VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNU
 # -O1 for the code that runs every cycle and -O0 for the one-time setup
 # code, which for large memories is megabytes of initial values. Measured on
 # the full-size heterogeneous core (2 cores): the default -Os builds in 421 s
-# and simulates MiniLM layer0.ffn_in in 67 s; these flags take 93 s and 92 s.
+# and simulates MiniLM layer0.ffn_in in 67 s. These flags take 93 s and 92 s.
 VERILATOR_MAKE_FLAGS = ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O1", "OPT_SLOW=-O0")
 
 

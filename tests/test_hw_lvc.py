@@ -32,50 +32,14 @@ from sim.packing import pack, unpack
 from sim.runner import untriggered_always_blocks
 
 from . import test_hw_fp as fp_vectors
-from .helpers import assert_constructor_raises
+from .helpers import as_rows, assert_constructor_raises, drive_streams
 
 # Stream drivers
 
-def stream_through(dut, payloads, expected_count, *, valid_probability=1.0, ready_probability=1.0, seed=0):
-    """Send integer payloads into ``dut.i`` and collect ``expected_count`` integer payloads from ``dut.o``.
-
-    Returns ``(received, cycles)``, where ``cycles`` counts from the first
-    cycle to the one that received the last payload, inclusive.
-    """
-    rng = np.random.default_rng(seed)
-    received = []
-    cycles = []
-
-    async def testbench(ctx):
-        sent = 0
-        for cycle in range(40 * len(payloads) + 100):
-            offer = sent < len(payloads) and rng.random() < valid_probability
-            accept = rng.random() < ready_probability
-            if offer:
-                ctx.set(dut.i.payload.as_value(), payloads[sent])
-            ctx.set(dut.i.valid, offer)
-            ctx.set(dut.o.ready, accept)
-            took = offer and ctx.get(dut.i.ready)
-            if accept and ctx.get(dut.o.valid):
-                received.append(ctx.get(dut.o.payload.as_value()))
-            await ctx.tick()
-            sent += took
-            if len(received) == expected_count:
-                cycles.append(cycle + 1)
-                return
-        raise AssertionError(f"timed out: {sent} of {len(payloads)} sent, {len(received)} received")
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
-    return received, cycles[0]
-
-
-def as_rows(layout, values):
-    """Pack received integer payloads into the byte rows that :func:`sim.packing.unpack` reads."""
-    size = (layout.size + 7) // 8
-    return np.array([list(v.to_bytes(size, "little")) for v in values], dtype=np.uint8)
+def stream_through(dut, payloads, expected_count, **handshake):
+    """Send integer payloads into ``dut.i``; return the ``expected_count`` payloads of ``dut.o`` and the cycles taken."""
+    run = drive_streams(dut, payloads, expected_count, cycles_per_payload=40, **handshake)
+    return run.received, run.cycles
 
 
 def packed_ints(packed):

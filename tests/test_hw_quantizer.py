@@ -31,7 +31,7 @@ from sim.quantizer import (
     minilm_ffn_in_bits,
 )
 
-from .helpers import assert_constructor_raises
+from .helpers import as_rows, assert_constructor_raises, drive_streams
 
 # (quant, lanes): the default design at two widths, the conventional design,
 # the widest shift codes, and group sizes whose beat counts are not powers of two.
@@ -44,43 +44,10 @@ QUANTIZERS = {
 }
 
 
-def stream_through(dut, payloads, *, valid_probability=1.0, ready_probability=1.0, seed=0):
-    """Send integer payloads into ``dut.i``, and return the output payloads, the cycle count and the final ``invalid``."""
-    rng = np.random.default_rng(seed)
-    received = []
-    result = {}
-
-    async def testbench(ctx):
-        sent = 0
-        for cycle in range(20 * len(payloads) + 100):
-            offer = sent < len(payloads) and rng.random() < valid_probability
-            accept = rng.random() < ready_probability
-            if offer:
-                ctx.set(dut.i.payload.as_value(), payloads[sent])
-            ctx.set(dut.i.valid, offer)
-            ctx.set(dut.o.ready, accept)
-            took = offer and ctx.get(dut.i.ready)
-            if accept and ctx.get(dut.o.valid):
-                received.append(ctx.get(dut.o.payload.as_value()))
-            await ctx.tick()
-            sent += took
-            if len(received) == len(payloads):
-                result["cycles"] = cycle + 1
-                result["invalid"] = bool(ctx.get(dut.invalid))
-                return
-        raise AssertionError(f"timed out: {sent} of {len(payloads)} sent, {len(received)} received")
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
-    return received, result["cycles"], result["invalid"]
-
-
-def as_rows(layout, values):
-    """Pack received integer payloads into the byte rows that :func:`sim.packing.unpack` reads."""
-    size = (layout.size + 7) // 8
-    return np.array([list(v.to_bytes(size, "little")) for v in values], dtype=np.uint8).reshape(len(values), size)
+def stream_through(dut, payloads, **handshake):
+    """Send integer payloads into ``dut.i``; return the output payloads, the cycle count and the final ``invalid``."""
+    run = drive_streams(dut, payloads, len(payloads), finish=lambda ctx: bool(ctx.get(dut.invalid)), **handshake)
+    return run.received, run.cycles, run.final
 
 
 def run_case(quant, lanes, bits, **handshake):

@@ -4,7 +4,6 @@ import re
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from golden.formats import FP16, FP32
 from golden.hgq import HGQConfig, HGQTensor, quantize_hgq
@@ -18,45 +17,14 @@ from sim.packing import unpack
 from sim.packing import pack
 from sim.stimulus import make_rmc_stimulus, pad_rows
 
-from .helpers import assert_constructor_raises
+from .helpers import as_rows, assert_constructor_raises, drive_streams
 
 SMALL = RMCConfig(rows=4, lanes=8, quant=HGQConfig(64, 16, 2))
 
 
-def stream_through(dut, payloads, expected_count, *, valid_probability=1.0, ready_probability=1.0, seed=0):
-    """Send integer payloads into ``dut.i`` and collect ``expected_count`` integer payloads from ``dut.o``."""
-    rng = np.random.default_rng(seed)
-    received = []
-
-    async def testbench(ctx):
-        sent = 0
-        for _ in range(20 * len(payloads) + 100):
-            offer = sent < len(payloads) and rng.random() < valid_probability
-            accept = rng.random() < ready_probability
-            if offer:
-                ctx.set(dut.i.payload.as_value(), payloads[sent])
-            ctx.set(dut.i.valid, offer)
-            ctx.set(dut.o.ready, accept)
-            took = offer and ctx.get(dut.i.ready)
-            if accept and ctx.get(dut.o.valid):
-                received.append(ctx.get(dut.o.payload.as_value()))
-            await ctx.tick()
-            sent += took
-            if len(received) == expected_count:
-                return
-        raise AssertionError(f"timed out: {sent} of {len(payloads)} sent, {len(received)} received")
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
-    return received
-
-
-def as_rows(layout, values):
-    """Pack received integer payloads into the byte rows that :func:`sim.packing.unpack` reads."""
-    size = (layout.size + 7) // 8
-    return np.array([list(v.to_bytes(size, "little")) for v in values], dtype=np.uint8)
+def stream_through(dut, payloads, expected_count, **handshake):
+    """Send integer payloads into ``dut.i`` and return the ``expected_count`` payloads of ``dut.o``."""
+    return drive_streams(dut, payloads, expected_count, **handshake).received
 
 
 def beats_of(stimulus):
