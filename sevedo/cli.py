@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import area, board
+
 __all__ = ["main"]
 
 DEFAULT_LAYER = "layer0.ffn_in"
@@ -331,6 +333,11 @@ def build_parser():
     _add_quant_options(svdmp.add_argument_group("quantization"))
     svdmp.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     svdmp.set_defaults(handler=_command_svdmp)
+
+    # Each of these modules registers its own subcommands and keeps its heavy
+    # imports inside the handlers, so that `sevedo --help` stays fast.
+    for module in (area, board):
+        module.add_commands(commands)
     return parser
 
 
