@@ -27,9 +27,13 @@ from .hgq import HGQConfig, HGQTensor
 
 __all__ = [
     "AccumulatorWidths", "accumulator_widths", "fine_partial_sums",
-    "align_and_accumulate", "scale_products", "coarse_scale_accumulate",
+    "align_and_accumulate", "coarse_sums", "scale_products", "coarse_scale_accumulate",
     "residual_matmul",
 ]
+
+# Every integer of magnitude up to 2**24 (2**53) is exact in float32 (float64).
+_FLOAT32_EXACT = 2**24
+_FLOAT64_EXACT = 2**53
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,47 @@ def align_and_accumulate(partial, x_shifts, w_shifts, config):
     return aligned.reshape(t, n, groups // config.fine_per_coarse, config.fine_per_coarse).sum(axis=3)
 
 
+def _coarse_sums_by_group(xq, wq):
+    """Return the coarse sums as floats in (C, T, N) order, exact, or None if no float type represents them exactly.
+
+    Since ``P << (2*smax - s_x - s_w)`` equals the dot product of the codes
+    pre-shifted by ``smax - s_x`` and ``smax - s_w``, each coarse sum is one
+    dot product of pre-shifted codes. Every partial sum of its terms, in any
+    order, is bounded by the sum of their magnitudes,
+    ``coarse_group * (8 << smax)**2``, so a float32 matrix product is exact
+    while that bound is at most 2**24, and a float64 one up to 2**53.
+    """
+    cfg = xq.config
+    t, k = xq.shape
+    n = wq.shape[0]
+    bound = cfg.coarse_group * (abs(cfg.element.min) << cfg.max_shift) ** 2
+    if bound > _FLOAT64_EXACT:
+        return None
+    dtype = np.float32 if bound <= _FLOAT32_EXACT else np.float64
+
+    def shifted(tensor, rows):
+        factor = np.left_shift(1, cfg.max_shift - tensor.shifts.astype(np.int64)).astype(dtype)
+        codes = tensor.codes.astype(dtype).reshape(rows, k // cfg.fine_group, cfg.fine_group)
+        return (codes * factor[:, :, None]).reshape(rows, k // cfg.coarse_group, cfg.coarse_group)
+
+    x, w = shifted(xq, t), shifted(wq, n)
+    # One matrix product per coarse group: (C, T, Gc) @ (C, Gc, N) -> (C, T, N).
+    return np.matmul(x.transpose(1, 0, 2), w.transpose(1, 2, 0))
+
+
+def coarse_sums(xq, wq):
+    """Return the coarse sums A of :func:`align_and_accumulate`, int64 (T, N, K / coarse_group), by BLAS.
+
+    Equal to ``align_and_accumulate(fine_partial_sums(xq, wq), ...)``, but
+    one matrix product per coarse group instead of one per fine group.
+    """
+    _check_operands(xq, wq)
+    sums = _coarse_sums_by_group(xq, wq)
+    if sums is None:
+        return align_and_accumulate(fine_partial_sums(xq, wq), xq.shifts, wq.shifts, xq.config)
+    return sums.transpose(1, 2, 0).astype(np.int64)
+
+
 def scale_products(x_scales, w_scales, config):
     """Return ``fp32(S_x) * fp32(S_w) * 2**-(2*smax)``, float32 of shape (T, N, C); exact."""
     product = x_scales.astype(np.float32)[:, None, :] * w_scales.astype(np.float32)[None, :, :]
@@ -140,6 +185,17 @@ def residual_matmul(xq, wq):
     """Return ``Y = X W^T`` of two HGQ tensors exactly as the RMC computes it, float32 (T, N)."""
     _check_operands(xq, wq)
     cfg = xq.config
-    partial = fine_partial_sums(xq, wq)
-    coarse = align_and_accumulate(partial, xq.shifts, wq.shifts, cfg)
-    return coarse_scale_accumulate(coarse, scale_products(xq.scales, wq.scales, cfg))
+    sums = _coarse_sums_by_group(xq, wq)
+    if sums is None:
+        return coarse_scale_accumulate(coarse_sums(xq, wq), scale_products(xq.scales, wq.scales, cfg))
+    # The same steps as coarse_scale_accumulate, in (C, T, N) order so that
+    # each coarse group is one contiguous block. A float32 sum is already
+    # fp32(A); a float64 one rounds once, to nearest even.
+    as_fp32 = sums.astype(FP32.dtype)
+    scale = np.float32(2.0 ** (-2 * cfg.max_shift))
+    x_scales = xq.scales.astype(np.float32).T
+    w_scales = wq.scales.astype(np.float32).T
+    y = np.zeros(as_fp32.shape[1:], dtype=FP32.dtype)
+    for c in range(as_fp32.shape[0]):
+        y = y + as_fp32[c] * ((x_scales[c][:, None] * w_scales[c][None, :]) * scale)
+    return y

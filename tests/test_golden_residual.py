@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from golden.formats import FP32
 from golden.hgq import HGQConfig, HGQTensor, quantize_hgq
-from golden.residual import (accumulator_ranges, accumulator_widths, align_and_accumulate,
+from golden.residual import (accumulator_ranges, accumulator_widths, align_and_accumulate, coarse_sums,
                              fine_partial_sums, residual_matmul)
 
 
@@ -130,3 +130,33 @@ def test_operands_must_share_config():
         residual_matmul(x, w)
     with pytest.raises(ValueError, match=re.escape("xq and wq must have the same K, not 128 and 256")):
         residual_matmul(x, quantize_hgq(np.ones((1, 256))))
+
+
+def per_fine_group_sums(xq, wq):
+    return align_and_accumulate(fine_partial_sums(xq, wq), xq.shifts, wq.shifts, xq.config)
+
+
+# float32 products (default and conventional), float64 (4 shift bits), and a
+# coarse group so long that neither float type is exact.
+@pytest.mark.parametrize("cfg", [HGQConfig(), HGQConfig.conventional(16), HGQConfig(64, 16, 4),
+                                 HGQConfig(2**18, 16, 4)], ids=["default", "conventional", "float64", "integer"])
+def test_blas_coarse_sums_equal_fine_group_sums(cfg):
+    rng = np.random.default_rng(3)
+    k = max(cfg.coarse_group, 256)
+    xq, wq = random_tensor(rng, 3, k, cfg), random_tensor(rng, 5, k, cfg)
+    assert np.array_equal(coarse_sums(xq, wq), per_fine_group_sums(xq, wq))
+
+
+@pytest.mark.parametrize("cfg", [HGQConfig(), HGQConfig(64, 16, 4)], ids=["default", "float64"])
+def test_blas_coarse_sums_at_the_bound(cfg):
+    # All codes -8 with all shifts 0 reach the largest coarse sum, where the
+    # float32 (float64) product is exact only just.
+    k = 2 * cfg.coarse_group
+    shifts = np.zeros((2, k // cfg.fine_group), dtype=np.uint8)
+    scales = np.ones((2, k // cfg.coarse_group), dtype=np.float16)
+    worst = HGQTensor(np.full((2, k), -8, dtype=np.int8), scales, shifts, cfg)
+    expected = cfg.coarse_group * (8 << cfg.max_shift) ** 2
+    assert np.all(coarse_sums(worst, worst) == expected)
+    assert np.array_equal(coarse_sums(worst, worst), per_fine_group_sums(worst, worst))
+    assert np.array_equal(residual_matmul(worst, worst).view(np.uint32),
+                          np.full((2, 2), np.float32(2 * expected * 2.0 ** (-2 * cfg.max_shift))).view(np.uint32))
