@@ -140,11 +140,15 @@ def _coarse_sums_by_group(xq, wq):
     def shifted(tensor, rows):
         factor = np.left_shift(1, cfg.max_shift - tensor.shifts.astype(np.int64)).astype(dtype)
         codes = tensor.codes.astype(dtype).reshape(rows, k // cfg.fine_group, cfg.fine_group)
-        return (codes * factor[:, :, None]).reshape(rows, k // cfg.coarse_group, cfg.coarse_group)
+        return (codes * factor[:, :, None]).reshape(rows, k)
 
     x, w = shifted(xq, t), shifted(wq, n)
-    # One matrix product per coarse group: (C, T, Gc) @ (C, Gc, N) -> (C, T, N).
-    return np.matmul(x.transpose(1, 0, 2), w.transpose(1, 2, 0))
+    # One matrix product per coarse group, on column slices that BLAS reads in place.
+    sums = np.empty((k // cfg.coarse_group, t, n), dtype=dtype)
+    for c in range(k // cfg.coarse_group):
+        columns = slice(c * cfg.coarse_group, (c + 1) * cfg.coarse_group)
+        np.matmul(x[:, columns], w[:, columns].T, out=sums[c])
+    return sums
 
 
 def coarse_sums(xq, wq):
