@@ -187,17 +187,29 @@ def round_significand(values, bits):
         return rounded.astype(FP16.dtype)
 
 
+# Elements of the product array that _accumulate builds at a time.
+_ACCUMULATE_CHUNK = 1 << 22
+
+
 def _accumulate(left, right):
     """Return ``sum_j left[:, j] * right[:, j]`` for every row pair, FP32, j ascending, from +0.
 
     ``left`` is (A, J) and ``right`` (B, J), both FP16; the result is (A, B).
+    The product of two FP16 numbers is exact in FP32, so only the adds
+    round. All products are formed in one broadcast multiply, then added in
+    place in order of j.
     """
     left = left.astype(FP32.dtype)
     right = right.astype(FP32.dtype)
-    total = np.zeros((left.shape[0], right.shape[0]), dtype=FP32.dtype)
-    for j in range(left.shape[1]):
-        # The product of two FP16 numbers is exact in FP32; only the add rounds.
-        total = total + np.multiply.outer(left[:, j], right[:, j])
+    a, j = left.shape
+    b = right.shape[0]
+    total = np.zeros((a, b), dtype=FP32.dtype)
+    step = max(1, _ACCUMULATE_CHUNK // max(1, b * j))
+    for start in range(0, a, step):
+        rows = slice(start, start + step)
+        products = left[rows].T[:, :, None] * right.T[:, None, :]
+        for plane in products:
+            np.add(total[rows], plane, out=total[rows])
     return total
 
 
