@@ -199,17 +199,18 @@ def _accumulate(left, right):
     round. All products are formed in one broadcast multiply, then added in
     place in order of j.
     """
-    left = left.astype(FP32.dtype)
-    right = right.astype(FP32.dtype)
-    a, j = left.shape
-    b = right.shape[0]
+    # Column-major copies, so that the broadcast below reads and writes contiguous rows.
+    left = np.ascontiguousarray(left.T, dtype=FP32.dtype)
+    right = np.ascontiguousarray(right.T, dtype=FP32.dtype)
+    j, a = left.shape
+    b = right.shape[1]
     total = np.zeros((a, b), dtype=FP32.dtype)
     step = max(1, _ACCUMULATE_CHUNK // max(1, b * j))
     for start in range(0, a, step):
-        rows = slice(start, start + step)
-        products = left[rows].T[:, :, None] * right.T[:, None, :]
+        block = total[start:start + step]
+        products = left[:, start:start + step, None] * right[:, None, :]
         for plane in products:
-            np.add(total[rows], plane, out=total[rows])
+            block += plane
     return total
 
 
