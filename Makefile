@@ -17,7 +17,7 @@ ARGS ?=
 SIM ?= verilator
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow verilog tools clean distclean
+.PHONY: run test test-slow verilog bench tools clean distclean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ test: $(STAMP) tools
 
 test-slow: $(STAMP) tools
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# Side-by-side speed and memory figures; writes build/bench/bench.json and docs/benchmarks.md.
+bench: $(STAMP) tools
+	$(PY) -m sim.bench $(ARGS)
 
 verilog: $(STAMP)
 	$(PY) -m sevedo verilog --output build/verilog $(ARGS)
