@@ -23,15 +23,16 @@ Commands and their payloads:
 ``WRITE``
     Request: target (1), word offset (2), then whole words of the target's
     word size. Reply: empty. The device stores words as they arrive, so after
-    a ``BAD_CRC`` reply the words that the frame addressed are undefined until
-    the host sends the frame again.
+    an error reply (``BAD_CRC``, ``BAD_LENGTH``, ``TIMEOUT`` or ``OVERRUN``)
+    the words that the frame addressed are undefined until the host sends
+    the frame again. A frame that gets ``BUSY`` stores nothing.
 ``RUN``
     Request: tokens (2), beats per row (2). Starts a tile: for each token
     ``t`` and beat ``b`` the core reads weight word ``b`` and activation word
     ``t * beats + b``, and writes result word ``t``. Reply: empty, sent when
     the tile has started.
 ``STATUS``
-    Request: empty. Reply: a :class:`Status`.
+    Request: empty. Reply: a :class:`DeviceStatus`.
 ``READ``
     Request: result word offset (2), word count (2). Reply: the words.
 
