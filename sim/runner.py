@@ -7,6 +7,7 @@ dump waveforms: Icarus writes an FST file into the build directory and
 Verilator a VCD file into the test directory.
 """
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -101,11 +102,20 @@ def build_design(verilog_text, toplevel, simulator, build_dir, *, waves=None):
     waves = _waves(waves)
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
+    # Processes that build the same directory (pytest-xdist workers) take
+    # turns; the later ones then find the stamp and skip the build.
+    with open(build_dir.parent / f"{build_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build_locked(verilog_text, toplevel, simulator, build_dir, waves)
+    return build_dir
+
+
+def _build_locked(verilog_text, toplevel, simulator, build_dir, waves):
     source = build_dir / f"{toplevel}.v"
     stamp = build_dir / ".built"
     key = f"{simulator} waves={waves}\n{verilog_text}"
     if stamp.exists() and stamp.read_text() == key:
-        return build_dir
+        return
     source.write_text(verilog_text)
     stamp.unlink(missing_ok=True)
     runner = get_runner(simulator)
@@ -120,7 +130,6 @@ def build_design(verilog_text, toplevel, simulator, build_dir, *, waves=None):
         log_file=build_dir / "build.log",
     )
     stamp.write_text(key)
-    return build_dir
 
 
 def run_testbench(test_module, toplevel, simulator, build_dir, test_dir, extra_env, *, waves=None, quiet=False):
