@@ -61,6 +61,34 @@ class RMCConfig:
         return self.quant.fine_group // self.lanes
 
     @property
+    def beats_per_coarse_group(self):
+        """Input beats per coarse group, ``C = coarse_group / lanes``.
+
+        The shift scaler sends one coarse sum per C beats, so at one beat per
+        cycle the coarse scaler receives one every C cycles.
+        """
+        return self.quant.coarse_group // self.lanes
+
+    @property
+    def scaler_lanes(self):
+        """FP lanes of the coarse scaler, ``P = ceil(rows / C)``.
+
+        Each lane has one INT-to-FP converter, one FP16 scale multiplier, one
+        FP32 multiplier and one FP32 adder, and takes the rows of a coarse
+        sum in turn. P lanes finish the ``rows`` rows in
+        :attr:`scaler_cycles` ``<= C`` cycles, so the core keeps one beat
+        per cycle. HGQ at the defaults (C = 8, rows <= 8) needs one lane; the
+        conventional design at ``lanes = fine_group`` has C = 1 and one lane
+        per row.
+        """
+        return -(-self.rows // self.beats_per_coarse_group)
+
+    @property
+    def scaler_cycles(self):
+        """Cycles in which the coarse scaler's lanes take the rows of one coarse sum, ``ceil(rows / P)``."""
+        return -(-self.rows // self.scaler_lanes)
+
+    @property
     def widths(self):
         """Integer accumulator widths, derived in :func:`golden.residual.accumulator_widths`."""
         return accumulator_widths(self.quant)

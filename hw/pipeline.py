@@ -1,8 +1,8 @@
 """Handshake and counter helpers shared by the pipeline stages."""
 
-from amaranth import Signal
+from amaranth import Signal, Value
 
-__all__ = ["registered_output", "group_counter"]
+__all__ = ["registered_output", "group_counter", "group_output"]
 
 
 def registered_output(m, source, sink):
@@ -39,3 +39,29 @@ def group_counter(m, transfer, length, name):
         with m.If(count != length - 1):
             m.d.sync += count.eq(count + 1)
     return count == 0, count == length - 1
+
+
+def group_output(m, source, sink, length, name):
+    """Drive ``source.ready`` for a stage that writes ``sink`` once per group of ``length`` transfers.
+
+    The stage sums a group of transfers and writes ``sink`` only with the
+    last one. It takes the other transfers even while ``sink`` still contains
+    the previous group's result, so a downstream stage may keep ``sink``
+    for up to ``length`` cycles without slowing the stream. The last
+    transfer of a group waits until ``sink`` is empty or being read.
+    ``sink.valid`` clears after a transfer; the caller sets it again (in a
+    later statement) when it writes a new output.
+
+    Returns ``(transfer, first, last)``: the signal that is high in the
+    cycles where ``source`` transfers, and the flags of
+    :func:`group_counter`.
+    """
+    transfer = Signal(name=f"{name}_transfer")
+    first, last = group_counter(m, transfer, length, name)
+    m.d.comb += [
+        source.ready.eq(~Value.cast(last) | ~sink.valid | sink.ready),
+        transfer.eq(source.valid & source.ready),
+    ]
+    with m.If(sink.ready):
+        m.d.sync += sink.valid.eq(0)
+    return transfer, first, last

@@ -5,12 +5,21 @@ from amaranth.back import verilog
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .coarse_scaler import CoarseScaler
+from .coarse_scaler import CoarseScaler, scaler_timing
 from .config import RMCConfig
 from .pe_array import PEArray
 from .shift_scaler import ShiftScaler
 
-__all__ = ["ResidualMatrixCore", "generate_verilog"]
+__all__ = ["ResidualMatrixCore", "core_latency", "generate_verilog"]
+
+
+def core_latency(config):
+    """Return the cycles from the transfer of the last beat of a row of K to the cycle its output is valid.
+
+    The count assumes no stalls. It is the PE array's two stages, the shift
+    scaler's one and :attr:`ScalerTiming.latency` of the coarse scaler.
+    """
+    return PEArray.LATENCY + 1 + scaler_timing(config).latency
 
 
 class ResidualMatrixCore(wiring.Component):
@@ -20,8 +29,9 @@ class ResidualMatrixCore(wiring.Component):
     stream carries the ``K / lanes`` beats of the row. The output stream then
     carries one beat with the ``rows`` FP32 results of
     :func:`golden.residual.residual_matmul`. Stages: :class:`PEArray`
-    (1 cycle), :class:`ShiftScaler` (1 cycle), :class:`CoarseScaler`
-    (2 cycles); all accept one beat per cycle.
+    (2 cycles), :class:`ShiftScaler` (1 cycle) and :class:`CoarseScaler`
+    (see :attr:`CoarseScaler.latency`). The core accepts one beat per cycle
+    for as long as the output is read.
 
     Parameters
     ----------
@@ -45,6 +55,11 @@ class ResidualMatrixCore(wiring.Component):
     @property
     def config(self):
         return self._config
+
+    @property
+    def latency(self):
+        """Cycles from the last beat of a row of K to its output; see :func:`core_latency`."""
+        return core_latency(self._config)
 
     def elaborate(self, platform):
         m = Module()

@@ -5,7 +5,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import RMCConfig
-from .pipeline import group_counter, registered_output
+from .pipeline import group_output
 
 __all__ = ["ShiftScaler"]
 
@@ -17,6 +17,11 @@ class ShiftScaler(wiring.Component):
     ``smax = 2**shift_bits - 1`` is all ones, ``smax - s`` is the bitwise NOT
     of ``s``, so the shift amount is ``~s_x + ~s_w`` and no subtractor is
     needed. Equals :func:`golden.residual.align_and_accumulate`.
+
+    The output register keeps a coarse sum until the coarse scaler takes it,
+    which may be up to ``config.beats_per_coarse_group`` cycles later. Only
+    the last partial sum of the next coarse group waits for it; the others
+    are taken at once, so the stage runs at one beat per cycle.
 
     Parameters
     ----------
@@ -45,8 +50,7 @@ class ShiftScaler(wiring.Component):
         fine, out = self.i.payload, self.o.payload
         width = cfg.widths.coarse_sum
 
-        transfer = registered_output(m, self.i, self.o)
-        first, last = group_counter(m, transfer, cfg.quant.fine_per_coarse, "fine")
+        transfer, first, last = group_output(m, self.i, self.o, cfg.quant.fine_per_coarse, "fine")
 
         for row in range(cfg.rows):
             amount = (~fine.x_shift) + (~fine.w_shift[row])

@@ -14,11 +14,15 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import softfloatpy as sf
+from amaranth import Module, Signal
 from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from golden.formats import FP16, FP32, FP32_CANONICAL_NAN
-from hw.fp import FP16ProductToFP32, FP32Adder, FP32Multiplier, FP32ToFP16, IntToFP32, NormalizeRoundPack
+from hw.fp import (
+    FP16ProductToFP32, FP32Adder, FP32Multiplier, FP32NormalMultiplier, FP32ToFP16, IntToFP32, NormalizeRoundPack,
+    count_leading_zeros,
+)
 
 from .helpers import assert_constructor_raises
 
@@ -369,6 +373,35 @@ def multiplier_vectors():
     return vectors
 
 
+def in_normal_product_domain(a, b):
+    """Return whether FP32NormalMultiplier defines the product of ``a`` and ``b``.
+
+    Neither operand is subnormal, and the exact product of two finite
+    nonzero operands is at least the smallest normal number.
+    """
+    for bits in (a, b):
+        if (bits & ~SIGN_BIT) >> FP32.frac_bits == 0 and bits & FRACTION_MASK:
+            return False
+    finite = all((bits & ~SIGN_BIT) >> FP32.frac_bits != FP32.exp_max for bits in (a, b))
+    if not finite or exact_value(a) == 0 or exact_value(b) == 0:
+        return True
+    return abs(exact_value(a) * exact_value(b)) >= exact_value(FP32_EDGES["+min normal"])
+
+
+@functools.cache
+def normal_multiplier_vectors():
+    rng = np.random.default_rng(12)
+    vectors = [v for v in multiplier_vectors() if in_normal_product_domain(*v)]
+    # Products just above the smallest normal number, some of which round
+    # up from just below a power of two.
+    a_exponents = rng.integers(1, TOP_EXPONENT + 1, 1000)
+    product_exponents = rng.integers(1, 4, 1000)
+    b_exponents = np.clip(product_exponents - a_exponents + FP32.bias, 1, TOP_EXPONENT)
+    candidates = zip(random_normals(rng, 1000, a_exponents), random_normals(rng, 1000, b_exponents))
+    vectors += [v for v in candidates if in_normal_product_domain(*v)]
+    return vectors
+
+
 # Integer conversion vectors
 
 def integer_vectors(width, seed):
@@ -477,6 +510,24 @@ def test_multiplier_matches_references():
     assert_matches("FP32Multiplier", vectors, rtl, numpy_binary(np.multiply, vectors), "NumPy")
 
 
+def test_normal_multiplier_matches_references():
+    vectors = normal_multiplier_vectors()
+    rtl = simulate(FP32NormalMultiplier(), ("a", "b"), vectors)
+    assert_matches("FP32NormalMultiplier", vectors, rtl, softfloat_binary(sf.f32_mul, vectors), "SoftFloat")
+    assert_matches("FP32NormalMultiplier", vectors, rtl, numpy_binary(np.multiply, vectors), "NumPy")
+
+
+def test_normal_multiplier_vectors_reach_edge_results():
+    vectors = normal_multiplier_vectors()
+    products = [expected_rtl_result(r) & ~SIGN_BIT for r in softfloat_binary(sf.f32_mul, vectors)]
+    ties = [v for v in multiplier_tie_vectors() if in_normal_product_domain(*v)]
+    assert len(ties) >= 200, f"only {len(ties)} ties in the normal range"
+    assert sum(1 for r in products if r == FP32_EDGES["+Inf"]) >= 100, "too few products overflow"
+    assert sum(1 for r in products if r >> FP32.frac_bits == 1) >= 100, "too few products in the lowest binade"
+    assert sum(1 for r in products if r == 0) >= 10, "too few zero products"
+    assert FP32_EDGES["+min normal"] in products, "no product rounds up to the smallest normal"
+
+
 @pytest.mark.parametrize("width", [1, 21, 32, 64])
 def test_int_to_fp32_matches_references(width):
     values = integer_vectors(width, seed=width)
@@ -551,9 +602,38 @@ def test_normalize_round_pack_rejects_invalid_parameters(arguments, error, messa
     assert_constructor_raises(NormalizeRoundPack, arguments, error, message)
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 11, 16, 22, 28, 48])
+def test_count_leading_zeros(width):
+    rng = random.Random(width)
+    values = [0, (1 << width) - 1] + [1 << bit for bit in range(width)]
+    values += [rng.getrandbits(width) >> rng.randrange(width) for _ in range(200)]
+    value = Signal(width)
+    count = Signal(8)
+    m = Module()
+    m.d.comb += count.eq(count_leading_zeros(value))
+    got = []
+
+    async def testbench(ctx):
+        for v in values:
+            ctx.set(value, v)
+            got.append(ctx.get(count))
+
+    sim = Simulator(m)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert got == [width - v.bit_length() for v in values]
+
+
+@pytest.mark.parametrize("min_exponent", [600, -513, 1.0, True])
+def test_normalize_round_pack_rejects_invalid_min_exponent(min_exponent):
+    assert_constructor_raises(lambda: NormalizeRoundPack(FP32, 28, 10, min_exponent=min_exponent), (), ValueError,
+                              f"min_exponent must be an integer from -512 to 511, not {min_exponent!r}")
+
+
 @pytest.mark.parametrize("factory, name", [
     (FP32Adder, "fp32_adder"),
     (FP32Multiplier, "fp32_multiplier"),
+    (FP32NormalMultiplier, "fp32_normal_multiplier"),
     (lambda: IntToFP32(32), "int_to_fp32"),
     (FP16ProductToFP32, "fp16_product_to_fp32"),
 ])
@@ -634,3 +714,99 @@ def test_fp32_to_fp16_vectors_reach_edge_results():
 def test_fp32_to_fp16_converts_to_verilog():
     text = verilog.convert(FP32ToFP16(), name="fp32_to_fp16")
     assert "module fp32_to_fp16" in text
+
+
+# Pipelined units
+
+def simulate_pipelined(dut, inputs, vectors, *, enable_probability=0.7, seed=0):
+    """Apply one vector per enabled cycle to the pipelined ``dut`` and return the outputs of ``y``, in vector order.
+
+    ``en`` is low in random cycles, and the inputs then carry another
+    vector, which the unit must ignore. ``y`` must show the result of vector
+    ``n`` from the cycle after the ``n + dut.stages``-th enabled cycle up to
+    and including the next enabled cycle, so it must not change while ``en``
+    is low.
+    """
+    rng = np.random.default_rng(seed)
+    stages = dut.stages
+    outputs = []
+
+    async def testbench(ctx):
+        enabled = 0
+        while len(outputs) < len(vectors) or enabled - stages < len(vectors) - 1:
+            enable = bool(rng.random() < enable_probability)
+            if enable and enabled < len(vectors):
+                vector = vectors[enabled]
+            else:
+                vector = vectors[int(rng.integers(0, len(vectors)))]
+            for name, value in zip(inputs, vector):
+                ctx.set(getattr(dut, name), value)
+            ctx.set(dut.en, enable)
+            result = ctx.get(dut.y)
+            # `y` now shows the result of this vector.
+            current = enabled - stages
+            if 0 <= current < len(vectors):
+                if current == len(outputs):
+                    outputs.append(result)
+                assert result == outputs[current], (
+                    f"y of vector {current} changed from {outputs[current]:#x} to {result:#x} "
+                    f"while en was low")
+            enabled += enable
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    return outputs
+
+
+PIPELINED_UNITS = {
+    "adder": (lambda stages: FP32Adder(stages=stages), FP32Adder.MAX_STAGES, adder_vectors,
+              lambda vectors: softfloat_binary(sf.f32_add, vectors)),
+    "multiplier": (lambda stages: FP32Multiplier(stages=stages), FP32Multiplier.MAX_STAGES, multiplier_vectors,
+                   lambda vectors: softfloat_binary(sf.f32_mul, vectors)),
+    "normal_multiplier": (lambda stages: FP32NormalMultiplier(stages=stages), FP32NormalMultiplier.MAX_STAGES,
+                          normal_multiplier_vectors, lambda vectors: softfloat_binary(sf.f32_mul, vectors)),
+    "int21": (lambda stages: IntToFP32(21, stages=stages), IntToFP32.MAX_STAGES,
+              lambda: [(v,) for v in integer_vectors(21, seed=21)],
+              lambda vectors: [softfloat_int_to_fp32(v) for v, in vectors]),
+    "int32": (lambda stages: IntToFP32(32, stages=stages), IntToFP32.MAX_STAGES,
+              lambda: [(v,) for v in integer_vectors(32, seed=32)],
+              lambda vectors: [softfloat_int_to_fp32(v) for v, in vectors]),
+    "fp16_product": (lambda stages: FP16ProductToFP32(stages=stages), FP16ProductToFP32.MAX_STAGES,
+                     fp16_product_vectors, softfloat_fp16_product),
+}
+
+PIPELINED_CASES = [(unit, stages) for unit, (_, max_stages, *_) in PIPELINED_UNITS.items()
+                   for stages in range(1, max_stages + 1)]
+
+
+@pytest.mark.parametrize("unit, stages", PIPELINED_CASES, ids=[f"{u}-{s}" for u, s in PIPELINED_CASES])
+def test_pipelined_unit_matches_softfloat(unit, stages):
+    factory, _, make_vectors, reference = PIPELINED_UNITS[unit]
+    vectors = make_vectors()
+    dut = factory(stages)
+    inputs = ("a", "b") if len(vectors[0]) == 2 else ("a",)
+    rtl = simulate_pipelined(dut, inputs, vectors, seed=stages)
+    assert_matches(f"{unit} with {stages} stages", vectors, rtl, reference(vectors), "SoftFloat")
+
+
+@pytest.mark.parametrize("factory, max_stages", [
+    (lambda stages: FP32Adder(stages=stages), FP32Adder.MAX_STAGES),
+    (lambda stages: FP32Multiplier(stages=stages), FP32Multiplier.MAX_STAGES),
+    (lambda stages: FP32NormalMultiplier(stages=stages), FP32NormalMultiplier.MAX_STAGES),
+    (lambda stages: IntToFP32(21, stages=stages), IntToFP32.MAX_STAGES),
+    (lambda stages: FP16ProductToFP32(stages=stages), FP16ProductToFP32.MAX_STAGES),
+    (lambda stages: NormalizeRoundPack(FP32, 28, 10, stages=stages), NormalizeRoundPack.MAX_STAGES),
+], ids=["adder", "multiplier", "normal_multiplier", "int_to_fp32", "fp16_product", "normalize_round_pack"])
+@pytest.mark.parametrize("stages", [-1, "over", 1.0, True])
+def test_unit_rejects_invalid_stages(factory, max_stages, stages):
+    stages = max_stages + 1 if stages == "over" else stages
+    assert_constructor_raises(factory, (stages,), ValueError,
+                              f"stages must be an integer from 0 to {max_stages}, not {stages!r}")
+
+
+def test_unit_without_stages_has_no_enable():
+    assert "en" not in FP32Adder().signature.members
+    assert "en" in FP32Adder(stages=1).signature.members
