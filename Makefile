@@ -15,9 +15,10 @@ export OPENBLAS_NUM_THREADS := 1
 
 ARGS ?=
 SIM ?= verilator
+BOARD ?= icebreaker
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow verilog bench tools clean distclean
+.PHONY: run test test-slow verilog bitstream bench area tools clean distclean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +56,14 @@ bench: $(STAMP) tools
 
 verilog: $(STAMP)
 	$(PY) -m sevedo verilog --output build/verilog $(ARGS)
+
+# A bitstream for an FPGA board (icebreaker or ulx3s-85f) in build/boards/$(BOARD).
+bitstream: $(STAMP)
+	$(PY) -m sevedo build --board $(BOARD) $(ARGS)
+
+# Area per submodule from Yosys, and HGQ versus conventional quantization, in build/area.
+area: $(STAMP)
+	$(PY) -m sevedo area --output build/area $(ARGS)
 
 clean:
 	rm -rf .build build .cache .pytest_cache .hypothesis

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import area, board
+from . import accuracy, area, board, build, perf, sweep
 
 __all__ = ["main"]
 
@@ -336,7 +336,7 @@ def build_parser():
 
     # Each of these modules registers its own subcommands and keeps its heavy
     # imports inside the handlers, so that `sevedo --help` stays fast.
-    for module in (area, board):
+    for module in (accuracy, area, board, build, perf, sweep):
         module.add_commands(commands)
     return parser
 
