@@ -66,6 +66,9 @@ def add_commands(commands):
     perf.add_argument("--energy-table", metavar="FILE",
                       help="JSON object of energy entries in picojoules that replace the defaults "
                            "(see docs/performance.md)")
+    perf.add_argument("--plots", metavar="FOLDER",
+                      help="also draw utilization per layer, energy per unit and HGQ against conventional "
+                           "dequantization energy as PNG files into FOLDER")
     perf.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     perf.set_defaults(handler=_command_perf)
 
@@ -276,6 +279,9 @@ def _command_perf(args):
     print()
     parts = [f"{w.name} {results[w.name]['block']['pe_utilization']:.1%} PE utilization, "
              f"{results[w.name]['block']['tops_per_watt_estimate']:.2f} TOPS/W" for w in workloads]
+    if args.plots:
+        paths = _draw_plots(workloads, results, args.plots, args.fine_group)
+        print("plots: " + ", ".join(str(path) for path in paths))
     print("summary (per block; energy figures are estimates): " + "; ".join(parts))
     if args.json:
         summary = {
@@ -292,6 +298,70 @@ def _command_perf(args):
         }
         print(json.dumps(summary))
     return 0
+
+
+PLOT_FILES = ("utilization.png", "energy_per_unit.png", "hgq_vs_conventional.png")
+
+
+def _draw_plots(workloads, results, folder, conventional_group):
+    """Draw the three figures of the report as PNG files in ``folder``; return their paths."""
+    from pathlib import Path
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--plots must name a folder, but {folder} is a file")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name for name in PLOT_FILES]
+
+    labels, utilization = [], []
+    for workload in workloads:
+        for name, _, k, n in workload.layers:
+            labels.append(f"{workload.name}\n{name} ({k}x{n})")
+            utilization.append(100 * results[workload.name]["layers"][name]["prediction"].pe_utilization)
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.8 * len(labels)), 4.5))
+    axes.bar(range(len(labels)), utilization, color="tab:blue")
+    axes.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    axes.set_ylabel("PE utilization (%)")
+    axes.set_ylim(0, 100)
+    axes.set_title("PE utilization per layer shape (cycle model)")
+    figure.tight_layout()
+    figure.savefig(paths[0], dpi=120)
+    plt.close(figure)
+
+    names = [workload.name for workload in workloads]
+    figure, axes = plt.subplots(figsize=(8.5, 4.5))
+    bottom = [0.0] * len(names)
+    for unit, title in UNIT_TITLES.items():
+        shares = [100 * results[name]["block"]["unit_energy_estimate_uj"][unit]
+                  / results[name]["block"]["energy_estimate_uj"] for name in names]
+        axes.bar(names, shares, bottom=bottom, label=title)
+        bottom = [b + s for b, s in zip(bottom, shares)]
+    axes.set_ylabel("share of the block's energy (%), estimate")
+    axes.set_title("Energy per unit, one transformer block (Horowitz 45 nm estimates)")
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.tight_layout()
+    figure.savefig(paths[1], dpi=120)
+    plt.close(figure)
+
+    ratios = [results[name]["block"]["dequantization_ratio_estimate"] for name in names]
+    figure, axes = plt.subplots(figsize=(7.0, 4.0))
+    positions = range(len(names))
+    axes.bar([p - 0.2 for p in positions], [100.0] * len(names), width=0.4,
+             label=f"conventional, one FP16 scale per {conventional_group}")
+    axes.bar([p + 0.2 for p in positions], [100 * r for r in ratios], width=0.4, label="HGQ")
+    axes.set_xticks(list(positions), names)
+    axes.set_ylabel("dequantization energy (% of conventional), estimate")
+    axes.set_ylim(0, 125)
+    axes.set_title("Dequantization energy: HGQ against conventional groups")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(paths[2], dpi=120)
+    plt.close(figure)
+    return paths
 
 
 def _wide_count(args):

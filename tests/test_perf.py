@@ -287,6 +287,24 @@ def test_perf_default_workloads(capsys):
     assert {layer["limit"] for layer in decode["layers"]} == {"one token"}
 
 
+def test_perf_draws_three_plots(capsys, tmp_path):
+    code, lines, _ = perf_json(capsys, "--shape", "5,256,96", "--plots", str(tmp_path / "plots"))
+    assert code == 0
+    names = sorted(path.name for path in (tmp_path / "plots").iterdir())
+    assert names == ["energy_per_unit.png", "hgq_vs_conventional.png", "utilization.png"]
+    for name in names:
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert lines[-3].startswith("plots: ")
+
+
+def test_perf_plots_folder_is_a_file(capsys, tmp_path):
+    target = tmp_path / "plots"
+    target.write_text("keep")
+    assert main(["perf", "--shape", "5,256,96", "--plots", str(target)]) == 2
+    assert "--plots must name a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep"
+
+
 def test_perf_shape_and_rank(capsys):
     code, _, summary = perf_json(capsys, "--shape", "5,256,96", "--shape", "3,128,64", "--rank", "4",
                                  "--rows", "4", "--lanes", "8", "--lvc-lanes", "8", "--wide-count", "2")
