@@ -104,6 +104,11 @@ def _command_area(args):
         for quant in (rmc.quant, conventional.quant):
             quant.check_length(k, name="--layer-shape K")
 
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output {args.output!r} cannot be created: {error.strerror}") from None
+
     started = time.perf_counter()
     cache = area.AreaCache()
     core = area.core_design(config, cache=cache, log=_log)
@@ -129,7 +134,6 @@ def _command_area(args):
                   for design, quant in (("hgq", rmc.quant), ("conventional", conventional.quant))}
         report["ablation"] = _ablation_report(designs[1], designs[2], results, counts, (tokens, k, n))
 
-    output.mkdir(parents=True, exist_ok=True)
     written = [output / "area.json", output / "area.png"]
     written[0].write_text(json.dumps(report, indent=1))
     plot_area(report, written[1])

@@ -286,6 +286,13 @@ def test_output_is_a_file(tmp_path, capsys):
     assert capsys.readouterr().err == f"sevedo area: error: --output '{path}' is a file, not a folder\n"
 
 
+def test_output_not_creatable(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / "area"
+    assert main(["area", "--output", str(path)]) == 2
+    assert capsys.readouterr().err == f"sevedo area: error: --output '{path}' cannot be created: Not a directory\n"
+
+
 def test_cache_is_a_file(tmp_path):
     path = tmp_path / "cache"
     path.write_text("")

@@ -505,6 +505,19 @@ def test_sweep_with_yosys_area(tmp_path, monkeypatch):
     assert len(read_lines(output / "area.jsonl")) == 1
 
 
+def test_cli_grid_file_with_override(tmp_path):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"rank": [8, 12], "wide-count": 4, "energy_fraction": [0.5],
+                                "layers": ["layer2.query"]}))
+    output = tmp_path / "sweep"
+    assert main(["sweep", "--grid", str(grid), "--rank", "16", "--no-area", "--workers", "1", "--no-progress",
+                 "-o", str(output)]) == 0
+    document = json.loads((output / "results.json").read_text())
+    assert document["settings"]["layers"] == ["layer2.query"]
+    points = [(row["rank"], row["wide_count"], row["energy_fraction"]) for row in document["points"]]
+    assert points == [(16, 4, None), (16, None, 0.5)]
+
+
 # Dask
 
 
