@@ -35,6 +35,7 @@ from golden.protocol import (
 )
 
 from .config import RMCConfig
+from .pipeline import decoupling_register
 from .rmc import ResidualMatrixCore
 from .uart import BITS_PER_BYTE, UARTReceiver, UARTTransmitter
 
@@ -75,10 +76,11 @@ class HostConfig:
     timeout_bytes : int
         Idle time, in byte times, after which an unfinished frame is dropped.
     register_beats : bool
-        Whether each beat waits in a register between the buffers and the
-        core. The register takes the buffers' read time out of the core's
-        first pipeline stage, and costs one cycle per tile and one
-        flip-flop per bit of a beat (:meth:`RMCConfig.beat_layout`).
+        Whether each beat waits in a register and a skid buffer between
+        the buffers and the core. They take the buffers' read time out of
+        the core's first pipeline stage and the core's ready out of the
+        buffers' address logic. They cost two cycles per tile and three
+        flip-flops per bit of a beat (:meth:`RMCConfig.beat_layout`).
     """
 
     rmc: RMCConfig = field(default_factory=lambda: RMCConfig(rows=2, lanes=16))
@@ -813,8 +815,9 @@ class TileEngine(wiring.Component):
     ``beats - 1``. It writes the core's output beat for token ``t`` into
     result word ``t``. The buffers are read one cycle ahead, so the address
     counters never reach the core in the same cycle. With
-    ``config.register_beats`` each beat also waits in a register, and the
-    buffers' read data does not reach the core in the same cycle either.
+    ``config.register_beats`` each beat also waits in a register and a
+    skid buffer: the buffers' read data does not reach the core in the same
+    cycle, and the core's ready reaches only the skid buffer's registers.
 
     Counters, reset at ``start``: ``cycles`` counts the cycles from the one
     after ``start`` to the one in which the last result is written,
@@ -886,8 +889,7 @@ class TileEngine(wiring.Component):
         read_valid = Signal()
         read_last = Signal()
 
-        def beat_from_buffers():
-            beat_out = self.o.payload
+        def beat_from_buffers(beat_out):
             return [
                 beat_out.w.eq(weight_word.w),
                 beat_out.w_shift.eq(weight_word.w_shift),
@@ -899,13 +901,29 @@ class TileEngine(wiring.Component):
             ]
 
         if cfg.register_beats:
-            out_advance = ~self.o.valid | self.o.ready
-            read_advance = ~read_valid | out_advance
-            with m.If(out_advance):
-                m.d.sync += [self.o.valid.eq(read_valid), *beat_from_buffers()]
+            # The buffers' read data goes into a register with no logic in
+            # front of it, because a block RAM's output is slow. A skid
+            # buffer follows: the stages before it see only the registered
+            # skid_valid, so the core's ready, which comes from deep in its
+            # pipeline, drives no address counter or buffer enable.
+            fetched = Signal(cfg.rmc.beat_layout())
+            fetched_valid = Signal()
+            skid = Signal(cfg.rmc.beat_layout())
+            skid_valid = Signal()
+            fetch_advance = ~fetched_valid | ~skid_valid
+            read_advance = ~read_valid | fetch_advance
+            with m.If(fetch_advance):
+                m.d.sync += [fetched_valid.eq(read_valid), *beat_from_buffers(fetched)]
+            with m.If(~self.o.valid | self.o.ready):
+                with m.If(skid_valid):
+                    m.d.sync += [self.o.payload.eq(skid), self.o.valid.eq(1), skid_valid.eq(0)]
+                with m.Else():
+                    m.d.sync += [self.o.payload.eq(fetched), self.o.valid.eq(fetched_valid)]
+            with m.Elif(fetched_valid & ~skid_valid):
+                m.d.sync += [skid.eq(fetched), skid_valid.eq(1)]
         else:
             read_advance = ~read_valid | self.o.ready
-            m.d.comb += [self.o.valid.eq(read_valid), *beat_from_buffers()]
+            m.d.comb += [self.o.valid.eq(read_valid), *beat_from_buffers(self.o.payload)]
 
         for port, address in ((self.weights, beat), (self.activations, activation_address)):
             m.d.comb += [port.en.eq(read_advance), port.addr.eq(address)]
@@ -1026,7 +1044,9 @@ class HostInterface(wiring.Component):
         ]
         wiring.connect(m, receiver.o, parser.i)
         wiring.connect(m, parser.o, framer.i)
-        wiring.connect(m, framer.o, transmitter.i)
+        # The register keeps the transmitter's bit timer out of the framer's
+        # state logic; the UART sends a byte per 10 bit times anyway.
+        decoupling_register(m, framer.o, transmitter.i, "reply_byte")
         wiring.connect(m, parser.weights, weights.write_port(granularity=8))
         wiring.connect(m, parser.activations, activations.write_port(granularity=8))
         wiring.connect(m, engine.weights, weights.read_port())

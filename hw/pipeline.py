@@ -2,7 +2,7 @@
 
 from amaranth import Signal, Value
 
-__all__ = ["registered_output", "group_counter", "group_output"]
+__all__ = ["registered_output", "decoupling_register", "group_counter", "group_output"]
 
 
 def registered_output(m, source, sink):
@@ -23,6 +23,27 @@ def registered_output(m, source, sink):
     with m.If(sink.ready):
         m.d.sync += sink.valid.eq(0)
     return transfer
+
+
+def decoupling_register(m, source, sink, name):
+    """Pass beats from ``source`` to ``sink`` through a register that accepts only while empty.
+
+    ``source.ready`` is the register's inverted valid bit and ``sink.valid``
+    the bit itself, so no combinational path joins the two sides. A beat
+    waits at least one cycle, and the stage moves at most one beat every two
+    cycles, enough for a byte stream such as a UART's.
+    """
+    payload = Signal.like(sink.payload, name=f"{name}_payload")
+    valid = Signal(name=f"{name}_valid")
+    m.d.comb += [
+        source.ready.eq(~valid),
+        sink.valid.eq(valid),
+        sink.payload.eq(payload),
+    ]
+    with m.If(~valid & source.valid):
+        m.d.sync += [payload.eq(source.payload), valid.eq(1)]
+    with m.Elif(sink.ready):
+        m.d.sync += valid.eq(0)
 
 
 def group_counter(m, transfer, length, name):

@@ -5,7 +5,9 @@ import struct
 
 import numpy as np
 import pytest
-from amaranth import Module, Signal
+from amaranth import Cat, Module, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
 from golden.formats import FP32
@@ -27,7 +29,7 @@ from golden.protocol import (
 )
 from golden.residual import residual_matmul
 from hw.config import RMCConfig
-from hw.host import HostConfig, HostInterface, RequestParser, crc16_update
+from hw.host import HostConfig, HostInterface, RequestParser, TileEngine, crc16_update
 from hw.rmc import ResidualMatrixCore
 from hw.uart import UARTReceiver, UARTTransmitter
 from sim.cases import make_case
@@ -324,8 +326,8 @@ async def read_results(ctx, line, config, tokens):
 
 
 def host_latency(config):
-    """Cycles that the tile engine adds before the core: the buffers' read register, and the beat register if any."""
-    return 1 + config.register_beats
+    """Cycles that the tile engine adds before the core: the buffers' read, then the fetch and skid registers if any."""
+    return 1 + 2 * config.register_beats
 
 
 def core_cycles(config, stimulus):
@@ -357,6 +359,61 @@ def test_minilm_tile_bit_exact():
     assert outcome["status"] == DeviceStatus(busy=False, cycles=expected_cycles, beats=tokens * beats,
                                              stalls=expected_cycles - tokens * beats, results=tokens,
                                              bad_frames=0)
+
+
+@pytest.mark.parametrize("register_beats", [True, False])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_tile_engine_under_backpressure(register_beats, seed):
+    """With a core whose ready drops at random, every beat reaches it once, in order, from the right words."""
+    config = HostConfig(rmc=SMALL.rmc, weight_words=24, activation_words=72, result_words=4,
+                        register_beats=register_beats)
+    tokens, beats = 3, 16
+    rng = np.random.default_rng(seed)
+    weight_bits = data.Layout.cast(config.weight_word_layout()).size
+    activation_bits = data.Layout.cast(config.activation_word_layout()).size
+    weights = [int.from_bytes(rng.bytes(config.weight_word_bytes)) & ((1 << weight_bits) - 1)
+               for _ in range(config.weight_words)]
+    activations = [int.from_bytes(rng.bytes(config.activation_word_bytes)) & ((1 << activation_bits) - 1)
+                   for _ in range(config.activation_words)]
+    expected = [(weights[b], activations[t * beats + b], int(b == beats - 1))
+                for t in range(tokens) for b in range(beats)]
+
+    m = Module()
+    m.submodules.engine = engine = TileEngine(config)
+    m.submodules.weights = weight_memory = Memory(
+        shape=unsigned(8 * config.weight_word_bytes), depth=config.weight_words, init=weights)
+    m.submodules.activations = activation_memory = Memory(
+        shape=unsigned(8 * config.activation_word_bytes), depth=config.activation_words, init=activations)
+    m.submodules.results = result_memory = Memory(
+        shape=config.result_word_layout(), depth=config.result_words, init=[])
+    wiring.connect(m, engine.weights, weight_memory.read_port())
+    wiring.connect(m, engine.activations, activation_memory.read_port())
+    wiring.connect(m, engine.results, result_memory.write_port())
+    received = []
+
+    async def testbench(ctx):
+        ctx.set(engine.tokens, tokens)
+        ctx.set(engine.beats, beats)
+        ctx.set(engine.start, 1)
+        await ctx.tick()
+        ctx.set(engine.start, 0)
+        for _ in range(20 * tokens * beats):
+            ready = int(rng.random() < 0.4)
+            ctx.set(engine.o.ready, ready)
+            beat = engine.o.payload
+            if ready and ctx.get(engine.o.valid):
+                received.append((
+                    ctx.get(Cat(beat.w, beat.w_shift, beat.w_scale)),
+                    ctx.get(Cat(beat.x, beat.x_shift, beat.x_scale)),
+                    ctx.get(beat.last)))
+            await ctx.tick()
+        assert ctx.get(engine.counters.beats) == tokens * beats
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert received == expected
 
 
 def frame_with_bad_crc(command, payload=b""):
