@@ -3,12 +3,13 @@
 The flow runs the YoWASP Yosys in two steps per design:
 
 1. Preparation, once per design. Memory initializers that are all zero are
-   removed from the Verilog text, because Amaranth writes one line per
-   memory word and Yosys took over 6 minutes on those of the full-size core;
-   the initial contents do not change the area. Yosys then flattens every
-   module below the submodules that the report names (the *parts*), merges
-   the read registers into the memories (``memory -nomap``) and writes the
-   result as RTLIL.
+   removed from the Verilog text first. Amaranth writes one line per memory
+   word, and with them Yosys had not finished preparing the 1536 x 1536
+   core after 10 minutes (37 s without them), while the initial contents do
+   not change the area. Yosys then flattens every module below the
+   submodules that the report names (the *parts*), merges the read
+   registers into the memories (``memory -nomap``) and writes the result as
+   RTLIL.
 2. Synthesis, once per design and target. Each memory moves into a module
    of its own (``submod``), so that the cells a target maps it to are
    counted apart from the logic around it. The target's synthesis keeps the
@@ -35,12 +36,13 @@ skip it.
 
 Results are cached per Verilog text and flow in the area cache folder
 (``$SEVEDO_BUILD_DIR/area``, default ``.build/area``), so a second run with
-the same hardware starts no Yosys. The Verilog text of a core configuration
-is cached too, keyed by the configuration and the source of ``hw/`` and
+the same hardware starts no Yosys. The Verilog text of each configuration
+is cached too, keyed by the configuration and the sources of ``hw/`` and
 ``golden/``, because elaborating a core with large buffers takes a minute.
 """
 
 import concurrent.futures
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -236,9 +238,19 @@ def core_design(config, cache=None, log=None):
 
 
 def _source_key(text):
-    """Return a hash of ``text``, the source files of ``hw/`` and ``golden/`` and the Amaranth version."""
-    digest = hashlib.sha256(text.encode())
-    digest.update(importlib.metadata.version("amaranth").encode())
+    """Return a hash of ``text`` and of the generator's sources (see :func:`_generator_digest`)."""
+    return hashlib.sha256(f"{_generator_digest()}\n{text}".encode()).hexdigest()
+
+
+@functools.cache
+def _generator_digest():
+    """Return a hash of the source files of ``hw/`` and ``golden/`` and the Amaranth version.
+
+    It is read once per process, as Python imports those modules once, so
+    that a file edited while the process runs does not change the key of
+    Verilog that the process generated from the earlier version.
+    """
+    digest = hashlib.sha256(importlib.metadata.version("amaranth").encode())
     root = Path(__file__).resolve().parent.parent
     for package in ("hw", "golden"):
         for path in sorted((root / package).glob("*.py")):
@@ -252,9 +264,9 @@ class AreaCache:
 
     ``results/<verilog sha256>/<target>-<flow>.json`` contains the result of
     one target, and ``verilog/<key>.v`` the Verilog text of one
-    configuration. A run folder under ``runs/`` exists while Yosys runs and
-    is removed after a successful run; after a failed or interrupted run it
-    stays, with the Yosys script and log.
+    configuration. A run folder under ``runs/`` contains the files of one
+    Yosys run. It is removed after a successful run, and it stays, with the
+    Yosys script and log, after a failed or interrupted one.
 
     Parameters
     ----------
@@ -332,8 +344,8 @@ def _yosys_command():
     return yosys
 
 
-def _run_yosys(folder, commands, what):
-    """Run Yosys on ``commands`` in ``folder`` and raise RuntimeError, naming ``what``, if it fails."""
+def _run_yosys(folder, commands, run_name):
+    """Run Yosys on ``commands`` in ``folder``; raise RuntimeError, naming ``run_name``, if it fails."""
     script = folder / "script.ys"
     script.write_text("\n".join(commands) + "\n")
     # A YoWASP tool can open files only under its working directory, so
@@ -347,7 +359,7 @@ def _run_yosys(folder, commands, what):
         lines += (result.stderr + result.stdout).splitlines()
         errors = [line.strip() for line in lines if line.startswith("ERROR:")]
         message = errors[-1] if errors else f"exit status {result.returncode}"
-        raise RuntimeError(f"Yosys failed on {what}: {message}; the script and log are in {folder}")
+        raise RuntimeError(f"Yosys failed on {run_name}: {message}; the script and log are in {folder}")
 
 
 # Amaranth initializes each memory with one `initial` block of one line per word.
@@ -366,13 +378,13 @@ def _module_names(verilog):
 def _prepare(design, folder):
     """Run the preparation step in ``folder``; return the memories of ``prepared.il``."""
     modules = _module_names(design.verilog)
-    kept = [design.name] + [f"{design.name}.{path}" for path, _ in design.parts]
-    missing = [name for name in kept if name not in modules]
+    kept_modules = [design.name] + [f"{design.name}.{path}" for path, _ in design.parts]
+    missing = [name for name in kept_modules if name not in modules]
     if missing:
         raise RuntimeError(f"the Verilog of {design.name} has no module {missing[0]}; "
                            "the generator's hierarchy no longer matches the parts of the area report")
     (folder / "design.v").write_text(strip_zero_memory_init(design.verilog))
-    commands = [command.format(top=design.name, kept=" ".join(kept)) for command in _PREPARE]
+    commands = [command.format(top=design.name, kept=" ".join(kept_modules)) for command in _PREPARE]
     _run_yosys(folder, commands, f"{design.name} (preparation)")
     return _read_memories(folder / "prepared.il", design.name)
 

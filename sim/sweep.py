@@ -58,7 +58,7 @@ __all__ = [
 # activation outliers. A point on these layers takes a few seconds.
 DEFAULT_LAYERS = ("layer0.ffn_in", "layer2.query", "layer4.attn_out", "layer5.ffn_out")
 
-# Version of the records' meaning; it enters every id, so records of another
+# Version of the records' meaning. It enters every id, so records of another
 # version are never reused.
 RECORD_FORMAT = 1
 
@@ -255,7 +255,7 @@ class SweepGrid:
     """Values of each axis; :meth:`points` iterates over every combination.
 
     The SVD-MP policies are the values of ``wide_count`` followed by those of
-    ``energy_fraction``; at least one of the two must have a value.
+    ``energy_fraction``, and at least one of the two must have a value.
     """
 
     rank: tuple = (32,)
@@ -509,7 +509,7 @@ def validate_points(points, settings, shapes, *, skip_invalid=False):
     return valid, errors
 
 
-# Work of one point and of one hardware configuration; both run in workers
+# Work of one point and of one hardware configuration, which runs in the workers
 
 
 @functools.cache
@@ -1035,7 +1035,7 @@ def _plot_pareto(rows, kind, path):
     axes.set_ylabel("mean SQNR of the selected layers (dB)")
     axes.set_title(f"SQNR against {kind}: {len(usable)} points, {len(front)} on the front")
     axes.grid(True, linewidth=0.3)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="best", fontsize=8)
     figure.savefig(path, dpi=120)
 
 
