@@ -9,10 +9,11 @@ shows the timing headroom.
 
 from dataclasses import dataclass, replace
 
-from amaranth import Module, Shape, unsigned
+from amaranth import Cat, Module, Shape, Signal, unsigned
 from amaranth.build import Clock, Resource
-from amaranth.lib import io, wiring
+from amaranth.lib import data, io, wiring
 from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.wiring import In, Out
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
@@ -20,8 +21,9 @@ from golden.hgq import HGQConfig
 
 from .config import RMCConfig
 from .host import HostConfig, HostInterface
+from .rmc import ResidualMatrixCore
 
-__all__ = ["Board", "BOARDS", "board_named", "BoardTop"]
+__all__ = ["Board", "BOARDS", "board_named", "BoardTop", "CoreTimingHarness"]
 
 
 @dataclass(frozen=True)
@@ -197,4 +199,66 @@ class BoardTop(wiring.Component):
         m.submodules.tx_buffer = tx_buffer = io.Buffer("o", uart.tx)
         m.submodules.rx_sync = FFSynchronizer(rx_buffer.i, interface.rx, init=1)
         m.d.comb += tx_buffer.o.eq(interface.tx)
+        return m
+
+
+class CoreTimingHarness(wiring.Component):
+    """The residual matrix core alone between pseudo-random inputs and one pin, for its Fmax and area.
+
+    A shift register with XOR feedback, which takes ``rx`` in as well, fills
+    every bit of the core's input beat, so that synthesis can fold none of
+    them, and offers a beat in every cycle. The core's output beat, reduced
+    by XOR in two register stages, drives ``tx``. Its results mean nothing:
+    the harness exists so that place and route time the core without the
+    host interface and its block RAMs. Use it as the ``interface`` of
+    :class:`BoardTop`.
+
+    Parameters
+    ----------
+    config : RMCConfig
+
+    Members
+    -------
+    rx : ``In(1, init=1)``
+    tx : ``Out(1, init=1)``
+    """
+
+    # Bits that each XOR of the first output stage reduces.
+    XOR_CHUNK = 16
+
+    def __init__(self, config):
+        if not isinstance(config, RMCConfig):
+            raise TypeError(f"config must be an RMCConfig, not {type(config).__name__}")
+        self._config = config
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1)})
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def name(self):
+        """Name of the configuration in build reports."""
+        return f"{self._config.name}_timing"
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = ResidualMatrixCore(self._config)
+
+        width = data.Layout.cast(self._config.beat_layout()).size
+        state = Signal(width, init=1)
+        # Taps 0, 2, 3 and 5 below the top bit, the rx bit on top of them.
+        feedback = state[-1] ^ state[-3] ^ state[-4] ^ state[-6] ^ self.rx
+        m.d.sync += state.eq(Cat(feedback, state[:-1]))
+        m.d.comb += [
+            core.i.payload.eq(state),
+            core.i.valid.eq(1),
+            core.o.ready.eq(1),
+        ]
+
+        result = Cat(core.o.payload.as_value(), core.o.valid)
+        chunks = [result[start:start + self.XOR_CHUNK] for start in range(0, len(result), self.XOR_CHUNK)]
+        partial = Signal(len(chunks))
+        m.d.sync += [partial[index].eq(chunk.xor()) for index, chunk in enumerate(chunks)]
+        m.d.sync += self.tx.eq(partial.xor())
         return m

@@ -33,6 +33,10 @@ def add_commands(commands):
                             "replaced")
     build.add_argument("--seed", type=int, metavar="N", help="placement seed of nextpnr (default: nextpnr's)")
     build.add_argument("--json", action="store_true", help="print the JSON report as the last line")
+    build.add_argument("--core-only", action="store_true",
+                       help="build the residual matrix core alone, fed by a pseudo-random shift register and "
+                            "reduced to the tx pin, to time it without the host interface; the bitstream "
+                            "computes nothing useful")
     group = build.add_argument_group("configuration (default: the board's; see docs/boards.md)")
     group.add_argument("--rows", type=int, metavar="N", help="output channels computed in parallel")
     group.add_argument("--lanes", type=int, metavar="N", help="INT4 elements of K per row per cycle")
@@ -46,15 +50,21 @@ def add_commands(commands):
     build.set_defaults(handler=_command_build)
 
 
-def _describe(board, config, constraint_hz, output):
+def _describe(board, config, constraint_hz, output, harness=None):
     quant = config.rmc.quant
+    core = (f"rows {config.rmc.rows}, lanes {config.rmc.lanes}, coarse group {quant.coarse_group}, fine group "
+            f"{quant.fine_group}, shift bits {quant.shift_bits}")
+    if harness is None:
+        design = (f"configuration {config.name}: {core}; buffers of {config.weight_words} weight, "
+                  f"{config.activation_words} activation and {config.result_words} result words; UART "
+                  f"{config.baud} bit/s ({config.divisor} cycles per bit)")
+    else:
+        design = (f"configuration {harness.name}: the residual matrix core alone, {core}, between a "
+                  f"pseudo-random shift register and the tx pin; no host interface, no buffers")
     return [
         f"board {board.name}: {board.title}, {board.device}; the design runs at the "
         f"{board.oscillator_hz / 1e6:g} MHz oscillator, place and route aims at {constraint_hz / 1e6:g} MHz",
-        f"configuration {config.name}: rows {config.rmc.rows}, lanes {config.rmc.lanes}, coarse group "
-        f"{quant.coarse_group}, fine group {quant.fine_group}, shift bits {quant.shift_bits}; buffers of "
-        f"{config.weight_words} weight, {config.activation_words} activation and {config.result_words} result "
-        f"words; UART {config.baud} bit/s ({config.divisor} cycles per bit)",
+        design,
         f"output folder: {output}",
     ]
 
@@ -86,7 +96,7 @@ def _summary(report, elapsed):
 
 
 def _command_build(args):
-    from hw.board import board_named
+    from hw.board import CoreTimingHarness, board_named
     from sim.fpga import BuildError, build_bitstream
 
     board = board_named(args.board)
@@ -98,12 +108,21 @@ def _command_build(args):
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output must be a folder, but {str(output)!r} is a file")
 
+    harness = name = None
+    if args.core_only:
+        for option in ("weight_words", "activation_words", "result_words", "baud"):
+            if getattr(args, option) is not None:
+                raise ValueError(f"--{option.replace('_', '-')} sets the host interface, which --core-only "
+                                 f"leaves out")
+        harness = CoreTimingHarness(config.rmc)
+        name = "sevedo_" + board.name.replace("-", "_") + "_core"
+
     started = time.perf_counter()
-    for line in _describe(board, config, constraint_hz, output):
+    for line in _describe(board, config, constraint_hz, output, harness):
         print(line)
     try:
-        report = build_bitstream(board, config, output, constraint_hz=constraint_hz, seed=args.seed,
-                                 progress=lambda line: print(line, flush=True))
+        report = build_bitstream(board, config, output, constraint_hz=constraint_hz, seed=args.seed, name=name,
+                                 interface=harness, progress=lambda line: print(line, flush=True))
     except BuildError as error:
         print(f"sevedo build: error: {error}", file=sys.stderr)
         return 1

@@ -381,6 +381,8 @@ def build_bitstream(board, config, output, *, constraint_hz=None, name=None, int
         ``sevedo_<board>``, with ``_`` for ``-``).
     interface : wiring.Component, optional
         Component on the UART pins in place of ``HostInterface(config)``.
+        Its ``name`` attribute, if it has one, names the configuration in
+        the report.
     seed : int, optional
         nextpnr's placement seed.
     progress : callable
@@ -451,7 +453,8 @@ def build_bitstream(board, config, output, *, constraint_hz=None, name=None, int
     cells = parse_yosys_cells((folder / f"{name}.rpt").read_text())
     clock = _design_clock(log.fmax)
     report = BuildReport(
-        board=board.name, device=board.device, config=config.name, clock_hz=config.clock_hz,
+        board=board.name, device=board.device, config=getattr(interface, "name", None) or config.name,
+        clock_hz=config.clock_hz,
         constraint_hz=float(constraint_hz), fmax_hz=round(log.fmax[clock].achieved_mhz * 1e6) if clock else None,
         clock=clock, resources=utilization(board.family, log, cells),
         bitstream=folder / (name + board.bitstream_suffix), report_file=folder / f"{name}.report.json",

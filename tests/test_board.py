@@ -5,10 +5,11 @@ from dataclasses import replace
 
 import pytest
 from amaranth import Cat, Module, Signal
+from amaranth.sim import Simulator
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.board import BOARDS, BoardTop, board_named
+from hw.board import BOARDS, BoardTop, CoreTimingHarness, board_named
 from hw.config import RMCConfig
 from sevedo import build as build_command
 from sevedo.cli import main
@@ -336,6 +337,71 @@ def test_build_name_must_be_identifier(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+# --- the core timing harness -------------------------------------------------------------------------------
+
+def test_core_harness_rejects_host_config():
+    with pytest.raises(TypeError, match="config must be an RMCConfig, not HostConfig"):
+        CoreTimingHarness(board_named("icebreaker").configure())
+
+
+def test_core_harness_output_depends_on_the_core():
+    """tx follows the core's results: a harness whose rx differs gives another tx sequence after the core's latency."""
+    def tx_sequence(rx_pattern):
+        harness = CoreTimingHarness(RMCConfig(rows=1, lanes=8))
+        assert harness.name == "rmc_r1_l8_gc128_gf16_sb2_timing"
+        values = []
+
+        async def testbench(ctx):
+            for cycle in range(400):
+                ctx.set(harness.rx, rx_pattern(cycle))
+                await ctx.tick()
+                values.append(ctx.get(harness.tx))
+
+        sim = Simulator(harness)
+        sim.add_clock(1e-6)
+        sim.add_testbench(testbench)
+        sim.run()
+        return values
+
+    steady = tx_sequence(lambda cycle: 1)
+    flipped = tx_sequence(lambda cycle: int(cycle != 5))
+    # Every output beat takes a coarse group of 16 beats, so tx changes over the run.
+    assert 0 < sum(steady) < len(steady)
+    assert steady[:8] == flipped[:8]
+    assert steady != flipped
+
+
+@pytest.mark.parametrize("option", ["--weight-words", "--activation-words", "--result-words", "--baud"])
+def test_build_command_core_only_rejects_host_options(option, capsys, tmp_path):
+    status = main(["build", "--board", "icebreaker", "--core-only", option, "96", "--output", str(tmp_path / "out")])
+    assert status == 2
+    assert capsys.readouterr().err == (f"sevedo build: error: {option} sets the host interface, which --core-only "
+                                       f"leaves out\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_command_core_only_design(monkeypatch, capsys, tmp_path):
+    calls = []
+
+    def record(board, config, output, **options):
+        calls.append(options)
+        return _fake_report(tmp_path, 33_000_000)
+
+    monkeypatch.setattr(fpga, "build_bitstream", record)
+    status = main(["build", "--board", "icebreaker", "--core-only", "--rows", "2", "--lanes", "16",
+                   "--output", str(tmp_path)])
+    assert status == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "configuration rmc_r2_l16_gc128_gf16_sb2_timing: the residual matrix core alone, rows 2, lanes 16, coarse "
+        "group 128, fine group 16, shift bits 2, between a pseudo-random shift register and the tx pin; no host "
+        "interface, no buffers")
+    (options,) = calls
+    assert options["name"] == "sevedo_icebreaker_core"
+    assert isinstance(options["interface"], CoreTimingHarness)
+    assert options["interface"].config == RMCConfig(rows=2, lanes=16)
+    options["interface"]._MustUse__silence = True   # the stand-in build does not elaborate it
+
+
 # --- sevedo build: options ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arguments, message", [
@@ -564,3 +630,14 @@ def test_build_command_rows_16_not_fitting(capsys, tmp_path):
     error = capsys.readouterr().err
     assert error.startswith("sevedo build: error: the design does not fit the iCE40UP5K-SG48: it needs ")
     assert " logic cells (ICESTORM_LC), and the device has 5280 (" in error
+
+
+@pytest.mark.slow
+def test_build_command_core_only(capsys, tmp_path):
+    status = main(["build", "--board", "icebreaker", "--core-only", "--rows", "2", "--lanes", "16",
+                   "--output", str(tmp_path), "--json"])
+    output = capsys.readouterr().out
+    report = json.loads(output.splitlines()[-1])
+    assert status == 0, output
+    assert report["config"] == "rmc_r2_l16_gc128_gf16_sb2_timing"
+    _check_ice40_bitstream((tmp_path / "sevedo_icebreaker_core.bin").read_bytes())
