@@ -131,7 +131,7 @@ def simulate_core(config, layer, x_fp16, expected, simulator, *, case="run", bui
     """Run a compiled layer through the RTL of the heterogeneous core and check every output bit for bit."""
     arrays = core_stimulus(config, layer, x_fp16, expected)
     name = core_name(config)
-    build_root = Path(build_root) if build_root else default_build_root()
+    build_root = Path(build_root).resolve() if build_root else default_build_root()
     build_dir = build_design(_core_verilog(config), name, simulator,
                              build_root / f"{name}-{simulator}", waves=waves)
     test_dir = build_dir / "runs" / case

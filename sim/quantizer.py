@@ -264,7 +264,7 @@ class QuantizerRun:
 
 def build_quantizer(quant, lanes, simulator, build_root=None, *, waves=None):
     """Generate the quantizer's Verilog, build it for ``simulator`` and return the build directory."""
-    build_root = Path(build_root) if build_root else default_build_root()
+    build_root = Path(build_root).resolve() if build_root else default_build_root()
     name = quantizer_name(quant, lanes)
     build_dir = build_root / f"{name}-{simulator}"
     return build_design(generate_verilog(quant, lanes), name, simulator, build_dir, waves=waves)

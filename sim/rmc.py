@@ -46,7 +46,7 @@ class RMCRun:
 
 def build_rmc(config, simulator, build_root=None, *, waves=None):
     """Generate the Verilog of ``config`` and build it for ``simulator``; return the build directory."""
-    build_root = Path(build_root) if build_root else default_build_root()
+    build_root = Path(build_root).resolve() if build_root else default_build_root()
     build_dir = build_root / f"{config.name}-{simulator}"
     return build_design(generate_verilog(config), config.name, simulator, build_dir, waves=waves)
 

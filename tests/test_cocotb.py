@@ -89,3 +89,14 @@ def test_fp_unit(simulator, unit, fp_units):
     tests, failures = run_testbench("sim.fp_tb", unit, simulator, build_dir, build_dir / "run",
                                     {"SEVEDO_VECTORS": path})
     assert (tests, failures) == (1, 0)
+
+
+def test_rmc_relative_build_root(monkeypatch, tmp_path):
+    """A build folder given relative to the working folder works, though the simulator runs elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    config = CORES["lanes4"]
+    xq, wq = make_case("minilm_tile", config.quant, seed=1)
+    run = simulate_rmc(config, xq, wq, "icarus", build_root="builds")
+    assert run.mismatches == 0
+    assert np.array_equal(FP32.to_bits(run.y), FP32.to_bits(run.expected))
+    assert (tmp_path / "builds").is_dir()
