@@ -213,7 +213,10 @@ def test_hgq_scale_equivariance(case, power):
     cfg, x = case
     factor = 2.0 ** round(np.log2(power))
     q, q2 = quantize_hgq(x, cfg), quantize_hgq(x * factor, cfg)
-    normal = np.all((q.scales == 0) | (q.scales.astype(np.float64) >= FP16.min_normal * 4))
+    # A scale that underflows to 0 in one tensor may round to a subnormal in
+    # the other, so zero scales count only where both tensors have them.
+    normal = np.all(np.where(q.scales == 0, q2.scales == 0,
+                             q.scales.astype(np.float64) >= FP16.min_normal * 4))
     if normal:
         assert np.array_equal(q.codes, q2.codes)
         assert np.array_equal(q.shifts, q2.shifts)
