@@ -11,7 +11,13 @@ For a linear layer ``Y = X W^T + b`` (X: T x K, W: N x K):
    :func:`golden.lowrank.allocate_significands` gives its singular value.
 4. The residual ``R = W' - L1 L2`` from the rounded factors, so that the
    residual path also carries the rounding error of the low-rank path.
-5. HGQ of R per output channel.
+5. HGQ of R per output channel. With ``weight_search`` (the default) the
+   coarse scales and shifts are those of :func:`golden.hgq.search_hgq`,
+   which minimizes the squared error of R weighted per column by the mean
+   square of the smoothed calibration activations, an estimate of each
+   column's share of the output error. Without calibration activations the
+   weights are 1; without ``weight_search`` the amax rule of
+   :func:`golden.hgq.quantize_hgq` sets them.
 
 At run time the low-rank path computes ``(X' L2^T) L1^T`` bit for bit as
 :func:`golden.lowrank.lowrank_matmul` and the residual path ``X'_q R_q^T`` as
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .formats import FP16, FP32
-from .hgq import HGQConfig, HGQTensor, check_matrix, quantize_hgq
+from .hgq import HGQConfig, HGQTensor, check_matrix, quantize_hgq, search_hgq
 from .lowrank import SVDMPConfig, allocate_significands, lowrank_matmul, round_significand
 from .residual import residual_matmul
 
@@ -49,19 +55,26 @@ class CompilerConfig:
         Significand widths of the low-rank components. The default keeps the
         8 largest components at the full FP16 significand and rounds the
         rest to 4 bits. ``SVDMPConfig.all_wide()`` keeps all of them at FP16.
+    weight_search : bool
+        Whether the residual weights' coarse scales and shifts come from the
+        error search of :func:`golden.hgq.search_hgq` (True) or from the
+        amax rule of :func:`golden.hgq.quantize_hgq` (False). Both give the
+        same format, so the hardware runs either.
 
     Raises
     ------
     ValueError
         If ``rank`` or ``alpha`` is out of range.
     TypeError
-        If ``quant`` or ``svdmp`` has the wrong type.
+        If ``quant`` or ``svdmp`` has the wrong type, or ``weight_search``
+        is not a bool.
     """
 
     rank: int = 32
     alpha: float | None = 0.5
     quant: HGQConfig = field(default_factory=HGQConfig)
     svdmp: SVDMPConfig = field(default_factory=SVDMPConfig)
+    weight_search: bool = True
 
     def __post_init__(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, (int, np.integer)) or self.rank < 0:
@@ -72,6 +85,8 @@ class CompilerConfig:
             raise TypeError(f"quant must be an HGQConfig, not {type(self.quant).__name__}")
         if not isinstance(self.svdmp, SVDMPConfig):
             raise TypeError(f"svdmp must be an SVDMPConfig, not {type(self.svdmp).__name__}")
+        if not isinstance(self.weight_search, bool):
+            raise TypeError(f"weight_search must be a bool, not {type(self.weight_search).__name__}")
 
 
 def smoothing_factors(x, weight, alpha):
@@ -231,14 +246,15 @@ def compile_layer(weight, bias=None, x_calibration=None, config=CompilerConfig()
             raise ValueError("bias must be finite")
         bias = bias.astype(FP32.dtype)
 
+    if x_calibration is not None:
+        x_calibration = check_matrix("x_calibration", x_calibration)
+        if x_calibration.shape[1] != k:
+            raise ValueError(f"x_calibration must have K = {k} columns, not {x_calibration.shape[1]}")
     if config.alpha is None:
         factors = np.ones(k)
     else:
         if x_calibration is None:
             raise ValueError("x_calibration is required when smoothing is enabled (alpha is not None)")
-        x_calibration = check_matrix("x_calibration", x_calibration)
-        if x_calibration.shape[1] != k:
-            raise ValueError(f"x_calibration must have K = {k} columns, not {x_calibration.shape[1]}")
         factors = smoothing_factors(x_calibration, weight, config.alpha)
 
     smoothed = weight * factors
@@ -246,11 +262,16 @@ def compile_layer(weight, bias=None, x_calibration=None, config=CompilerConfig()
     significand_bits = allocate_significands(singular_values, config.svdmp)
     l1, l2 = round_factors(l1, l2, significand_bits)
     residual = smoothed - l1.astype(np.float64) @ l2.astype(np.float64)
+    if not config.weight_search:
+        residual_q = quantize_hgq(residual, config.quant, name="residual weight")
+    else:
+        channel_weights = None if x_calibration is None else np.mean((x_calibration / factors) ** 2, axis=0)
+        residual_q = search_hgq(residual, config.quant, channel_weights=channel_weights, name="residual weight")
     return CompiledLayer(
         smoothing=factors,
         l1=l1,
         l2=l2,
-        residual=quantize_hgq(residual, config.quant, name="residual weight"),
+        residual=residual_q,
         bias=bias,
         config=config,
         significand_bits=significand_bits,

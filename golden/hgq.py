@@ -19,8 +19,8 @@ import numpy as np
 from .formats import FP16, INT4, round_half_even_saturate
 
 __all__ = [
-    "MAX_SHIFT_BITS", "HGQConfig", "HGQTensor", "quantize_hgq",
-    "quantize_per_tensor", "check_matrix",
+    "MAX_SHIFT_BITS", "HGQConfig", "HGQTensor", "quantize_hgq", "search_hgq",
+    "SCALE_RATIOS", "quantize_per_tensor", "check_matrix",
 ]
 
 # Above 4 shift bits a fine group's scale would drop by more than 2**15
@@ -249,6 +249,115 @@ def quantize_hgq(x, config=HGQConfig(), *, name="x"):
         ratios = np.where(element_scales > 0, x / element_scales, 0.0)
     codes = round_half_even_saturate(ratios, config.element)
     return HGQTensor(codes=codes, scales=scales, shifts=shifts, config=config)
+
+
+# Coarse scales that search_hgq tries, as fractions of the amax rule's
+# amax / 7. The first, 1, is the rule itself, which wins every tie.
+SCALE_RATIOS = tuple(1.0 - 0.02 * step for step in range(26))
+
+# Rows that search_hgq handles at a time, which bounds its temporary arrays.
+_SEARCH_ROWS = 256
+
+
+def search_hgq(x, config=HGQConfig(), *, channel_weights=None, ratios=SCALE_RATIOS, name="x"):
+    """Quantize the rows of ``x`` with HGQ, choosing scales and shifts for the least weighted squared error.
+
+    The tensor has the format of :func:`quantize_hgq`, so the RMC computes
+    with it unchanged; only the choice of values differs. Per row and coarse
+    group, each coarse scale ``S = fp16(amax_c * ratio / 7)`` for ``ratio``
+    in ``ratios`` is tried. Under each ``S``, every fine group takes the
+    shift in ``0..max_shift`` whose codes, rounded half to even and
+    saturated, give the least error ``sum_k w_k (q_k S 2**-s - x_k)**2``.
+    The coarse group keeps the ``S`` with the least sum over its fine
+    groups. The result of :func:`quantize_hgq` is the starting point and is
+    replaced only by a strictly smaller error, so the error never exceeds
+    that of the amax rule.
+
+    Parameters
+    ----------
+    x : array_like, shape (rows, K)
+        Finite values; K a multiple of ``config.coarse_group``.
+    config : HGQConfig
+    channel_weights : array_like, shape (K,), optional
+        Non-negative weight ``w_k`` of each column's error, for example the
+        mean square of the activations that multiply column k. Default: 1.
+    ratios : sequence of float
+        Coarse-scale fractions to try, each in (0, 1].
+    name : str
+        Name used in error messages.
+
+    Raises
+    ------
+    ValueError
+        As :func:`quantize_hgq`, if ``channel_weights`` has the wrong shape
+        or a negative or non-finite value, or if a ratio is outside (0, 1].
+    """
+    best = quantize_hgq(x, config, name=name)
+    x = check_matrix(name, x)
+    rows, k = x.shape
+    if channel_weights is None:
+        channel_weights = np.ones(k)
+    channel_weights = np.asarray(channel_weights, dtype=np.float64)
+    if channel_weights.shape != (k,):
+        raise ValueError(f"channel_weights must have shape ({k},) like the columns of {name}, "
+                         f"not {channel_weights.shape}")
+    if not np.all(np.isfinite(channel_weights)) or np.any(channel_weights < 0):
+        raise ValueError("channel_weights must be finite and non-negative")
+    ratios = tuple(float(ratio) for ratio in ratios)
+    if not ratios or any(not 0.0 < ratio <= 1.0 for ratio in ratios):
+        raise ValueError(f"ratios must be a non-empty sequence of numbers in (0, 1], not {ratios}")
+
+    codes, scales, shifts = best.codes.copy(), best.scales.copy(), best.shifts.copy()
+    for start in range(0, rows, _SEARCH_ROWS):
+        block = slice(start, min(start + _SEARCH_ROWS, rows))
+        codes[block], scales[block], shifts[block] = _search_rows(
+            x[block], best.select_rows(block), channel_weights, config, ratios)
+    return HGQTensor(codes=codes, scales=scales, shifts=shifts, config=config)
+
+
+def _search_rows(x, start, channel_weights, config, ratios):
+    """Run the search of :func:`search_hgq` on a few rows; return their codes, scales and shifts."""
+    rows, k = x.shape
+    coarse_count, fine_count, fine = k // config.coarse_group, config.fine_per_coarse, config.fine_group
+    values = x.reshape(rows, coarse_count, fine_count, fine)
+    weights = channel_weights.reshape(1, coarse_count, fine_count, fine)
+
+    def error(codes, element_scales):
+        return ((codes * element_scales - values) ** 2 * weights).sum(axis=3)
+
+    best_codes = start.codes.reshape(values.shape).astype(np.float64)
+    best_shifts = start.shifts.reshape(rows, coarse_count, fine_count).copy()
+    best_scales = start.scales.copy()
+    start_scales = (best_scales.astype(np.float64)[..., None, None]
+                    * np.ldexp(1.0, -best_shifts.astype(np.int64))[..., None])
+    best_error = error(best_codes, start_scales).sum(axis=2)
+
+    amax = np.abs(values).reshape(rows, coarse_count, -1).max(axis=2)
+    for ratio in ratios:
+        with np.errstate(over="ignore"):
+            scale = (amax * ratio / config.element.max).astype(config.scale.dtype)
+        scale64 = scale.astype(np.float64)
+        fine_error = np.full((rows, coarse_count, fine_count), np.inf)
+        fine_codes = np.zeros(values.shape)
+        fine_shifts = np.zeros((rows, coarse_count, fine_count), dtype=np.uint8)
+        for shift in range(config.max_shift + 1):
+            element_scale = np.ldexp(scale64, -shift)[..., None, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratios_to_scale = np.where(element_scale > 0, values / element_scale, 0.0)
+            candidate = np.clip(np.rint(ratios_to_scale), config.element.min, config.element.max)
+            candidate_error = error(candidate, element_scale)
+            better = candidate_error < fine_error
+            fine_error = np.where(better, candidate_error, fine_error)
+            fine_shifts = np.where(better, shift, fine_shifts)
+            fine_codes = np.where(better[..., None], candidate, fine_codes)
+        total = fine_error.sum(axis=2)
+        better = total < best_error
+        best_error = np.where(better, total, best_error)
+        best_codes = np.where(better[..., None, None], fine_codes, best_codes)
+        best_shifts = np.where(better[..., None], fine_shifts, best_shifts)
+        best_scales = np.where(better, scale, best_scales)
+    return (best_codes.reshape(rows, k).astype(start.codes.dtype), best_scales.astype(config.scale.dtype),
+            best_shifts.reshape(rows, -1).astype(np.uint8))
 
 
 def quantize_per_tensor(x, element=INT4, *, name="x"):

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from golden.formats import FP16, FP32, INT4, round_half_even_saturate, signed_width
-from golden.hgq import HGQConfig, HGQTensor, quantize_hgq, quantize_per_tensor
+from golden.hgq import HGQConfig, HGQTensor, quantize_hgq, quantize_per_tensor, search_hgq
 
 
 def test_int4_range():
@@ -220,3 +220,63 @@ def test_hgq_scale_equivariance(case, power):
     if normal:
         assert np.array_equal(q.codes, q2.codes)
         assert np.array_equal(q.shifts, q2.shifts)
+
+
+def _weighted_error(q, x, weights):
+    return float(np.sum((q.dequantize() - x) ** 2 * weights))
+
+
+@settings(max_examples=60, deadline=None)
+@given(matrices(), st.integers(0, 2 ** 32 - 1))
+def test_search_hgq_never_worse_than_amax_rule(case, seed):
+    """The searched tensor has a valid format and at most the amax rule's weighted error."""
+    cfg, x = case
+    weights = np.random.default_rng(seed).uniform(0.0, 3.0, x.shape[1])
+    searched, plain = search_hgq(x, cfg, channel_weights=weights), quantize_hgq(x, cfg)
+    HGQTensor(searched.codes, searched.scales, searched.shifts, cfg)
+    assert _weighted_error(searched, x, weights) <= _weighted_error(plain, x, weights)
+
+
+def test_search_hgq_clips_an_outlier():
+    """One outlier in a group of small values: a smaller coarse scale that clips it has less error."""
+    cfg = HGQConfig(coarse_group=32, fine_group=16, shift_bits=2)
+    x = np.r_[np.full(31, 1.0), 9.0][None]
+    plain, searched = quantize_hgq(x, cfg), search_hgq(x, cfg)
+    assert float(plain.scales[0, 0]) == float(np.float16(9.0 / 7))
+    assert float(searched.scales[0, 0]) < float(plain.scales[0, 0])
+    assert _weighted_error(searched, x, 1.0) < _weighted_error(plain, x, 1.0)
+
+
+def test_search_hgq_zero_groups_keep_the_rule():
+    cfg = HGQConfig(coarse_group=32, fine_group=16, shift_bits=2)
+    x = np.zeros((2, 64))
+    x[1, 32:] = np.linspace(-1.0, 1.0, 32)
+    searched, plain = search_hgq(x, cfg), quantize_hgq(x, cfg)
+    assert np.array_equal(searched.shifts[0], plain.shifts[0])
+    assert np.array_equal(searched.scales[0], plain.scales[0])
+    assert not np.any(searched.codes[0])
+
+
+def test_search_hgq_many_rows_match_row_by_row():
+    """Rows are searched in blocks; the blocks give the same tensor as one row at a time."""
+    cfg = HGQConfig(coarse_group=32, fine_group=16, shift_bits=2)
+    x = np.random.default_rng(5).standard_normal((300, 64)) ** 3
+    whole = search_hgq(x, cfg)
+    for row in (0, 255, 256, 299):
+        single = search_hgq(x[row:row + 1], cfg)
+        assert np.array_equal(whole.codes[row], single.codes[0])
+        assert np.array_equal(whole.scales[row], single.scales[0])
+        assert np.array_equal(whole.shifts[row], single.shifts[0])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"channel_weights": np.ones(31)}, r"channel_weights must have shape \(32,\) like the columns of x, not \(31,\)"),
+    ({"channel_weights": np.r_[-1.0, np.ones(31)]}, "channel_weights must be finite and non-negative"),
+    ({"channel_weights": np.r_[np.nan, np.ones(31)]}, "channel_weights must be finite and non-negative"),
+    ({"ratios": ()}, r"ratios must be a non-empty sequence of numbers in \(0, 1\], not \(\)"),
+    ({"ratios": (1.0, 1.5)}, r"ratios must be a non-empty sequence of numbers in \(0, 1\], not \(1.0, 1.5\)"),
+    ({"ratios": (0.0,)}, r"ratios must be a non-empty sequence"),
+])
+def test_search_hgq_invalid(options, message):
+    with pytest.raises(ValueError, match=message):
+        search_hgq(np.ones((1, 32)), HGQConfig(coarse_group=32, fine_group=16, shift_bits=2), **options)
