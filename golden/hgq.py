@@ -245,10 +245,15 @@ def quantize_hgq(x, config=HGQConfig(), *, name="x"):
 
     element_scales = (np.repeat(scales.astype(np.float64), config.coarse_group, axis=1)
                       * np.repeat(np.ldexp(1.0, -shifts.astype(np.int64)), config.fine_group, axis=1))
+    codes = _round_codes(x, element_scales, config.element)
+    return HGQTensor(codes=codes, scales=scales, shifts=shifts, config=config)
+
+
+def _round_codes(x, element_scales, element):
+    """Return the codes ``saturate(round_half_even(x / scale))``, and 0 where the scale is 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(element_scales > 0, x / element_scales, 0.0)
-    codes = round_half_even_saturate(ratios, config.element)
-    return HGQTensor(codes=codes, scales=scales, shifts=shifts, config=config)
+    return round_half_even_saturate(ratios, element)
 
 
 # Coarse scales that search_hgq tries, as fractions of the amax rule's
@@ -263,7 +268,7 @@ def search_hgq(x, config=HGQConfig(), *, channel_weights=None, ratios=SCALE_RATI
     """Quantize the rows of ``x`` with HGQ, choosing scales and shifts for the least weighted squared error.
 
     The tensor has the format of :func:`quantize_hgq`, so the RMC computes
-    with it unchanged; only the choice of values differs. Per row and coarse
+    with it unchanged. Only the choice of values differs. Per row and coarse
     group, each coarse scale ``S = fp16(amax_c * ratio / 7)`` for ``ratio``
     in ``ratios`` is tried. Under each ``S``, every fine group takes the
     shift in ``0..max_shift`` whose codes, rounded half to even and
@@ -301,8 +306,11 @@ def search_hgq(x, config=HGQConfig(), *, channel_weights=None, ratios=SCALE_RATI
     if channel_weights.shape != (k,):
         raise ValueError(f"channel_weights must have shape ({k},) like the columns of {name}, "
                          f"not {channel_weights.shape}")
-    if not np.all(np.isfinite(channel_weights)) or np.any(channel_weights < 0):
-        raise ValueError("channel_weights must be finite and non-negative")
+    invalid = np.flatnonzero(~(np.isfinite(channel_weights) & (channel_weights >= 0)))
+    if invalid.size:
+        column = invalid[0]
+        raise ValueError(f"channel_weights must be finite and non-negative, not {channel_weights[column]:g} "
+                         f"(column {column})")
     ratios = tuple(float(ratio) for ratio in ratios)
     if not ratios or any(not 0.0 < ratio <= 1.0 for ratio in ratios):
         raise ValueError(f"ratios must be a non-empty sequence of numbers in (0, 1], not {ratios}")
@@ -325,12 +333,10 @@ def _search_rows(x, start, channel_weights, config, ratios):
     def error(codes, element_scales):
         return ((codes * element_scales - values) ** 2 * weights).sum(axis=3)
 
-    best_codes = start.codes.reshape(values.shape).astype(np.float64)
-    best_shifts = start.shifts.reshape(rows, coarse_count, fine_count).copy()
-    best_scales = start.scales.copy()
-    start_scales = (best_scales.astype(np.float64)[..., None, None]
-                    * np.ldexp(1.0, -best_shifts.astype(np.int64))[..., None])
-    best_error = error(best_codes, start_scales).sum(axis=2)
+    best_codes = start.codes.reshape(values.shape)
+    best_shifts = start.shifts.reshape(rows, coarse_count, fine_count)
+    best_scales = start.scales
+    best_error = error(best_codes, start.element_scales().reshape(values.shape)).sum(axis=2)
 
     amax = np.abs(values).reshape(rows, coarse_count, -1).max(axis=2)
     for ratio in ratios:
@@ -338,13 +344,11 @@ def _search_rows(x, start, channel_weights, config, ratios):
             scale = (amax * ratio / config.element.max).astype(config.scale.dtype)
         scale64 = scale.astype(np.float64)
         fine_error = np.full((rows, coarse_count, fine_count), np.inf)
-        fine_codes = np.zeros(values.shape)
-        fine_shifts = np.zeros((rows, coarse_count, fine_count), dtype=np.uint8)
+        fine_codes = np.zeros_like(best_codes)
+        fine_shifts = np.zeros_like(best_shifts)
         for shift in range(config.max_shift + 1):
             element_scale = np.ldexp(scale64, -shift)[..., None, None]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratios_to_scale = np.where(element_scale > 0, values / element_scale, 0.0)
-            candidate = np.clip(np.rint(ratios_to_scale), config.element.min, config.element.max)
+            candidate = _round_codes(values, element_scale, config.element)
             candidate_error = error(candidate, element_scale)
             better = candidate_error < fine_error
             fine_error = np.where(better, candidate_error, fine_error)
@@ -356,8 +360,7 @@ def _search_rows(x, start, channel_weights, config, ratios):
         best_codes = np.where(better[..., None, None], fine_codes, best_codes)
         best_shifts = np.where(better[..., None], fine_shifts, best_shifts)
         best_scales = np.where(better, scale, best_scales)
-    return (best_codes.reshape(rows, k).astype(start.codes.dtype), best_scales.astype(config.scale.dtype),
-            best_shifts.reshape(rows, -1).astype(np.uint8))
+    return best_codes.reshape(rows, k), best_scales, best_shifts.reshape(rows, -1)
 
 
 def quantize_per_tensor(x, element=INT4, *, name="x"):
